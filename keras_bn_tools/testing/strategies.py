@@ -364,11 +364,11 @@ _ACTIVATIONS = ("relu", "tanh", "sigmoid", "linear")
 _OUTPUT_ACTIVATIONS = ("sigmoid", "softmax", "linear")
 
 
-def _smallest_cnn_side(depth: int, kernel_size: int, pool_every: int) -> int:
+def _smallest_cnn_side(depth: int, kernel_size: int, pool_every: int | None) -> int:
     """Smallest input side for which every conv ("valid") and 2x2 pool has output >= 1."""
     side = 1
     for index in reversed(range(depth)):
-        if (index + 1) % pool_every == 0:
+        if pool_every is not None and (index + 1) % pool_every == 0:
             side *= 2  # floor(s / 2) >= needed  <=>  s >= 2 * needed
         side += kernel_size - 1
     return side
@@ -405,7 +405,7 @@ def _stack_spec(
         }
     elif kind == "cnn":
         filters = draw(st.lists(st.integers(1, min(4, max_units)), min_size=1, max_size=max_layers))
-        pool_every = draw(st.integers(1, 2))
+        pool_every = draw(st.sampled_from([1, 2, None]))
         # Any kernel size whose smallest valid input fits; 1 always does.
         kernel_sizes = [
             k for k in (1, 2, 3) if _smallest_cnn_side(len(filters), k, pool_every) <= max_side
@@ -496,7 +496,9 @@ def stack_specs(
     for name, value in [("max_units", max_units), ("max_layers", max_layers)]:
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise InvalidArgument(f"`{name}` must be a positive int, got {value!r}.")
-    if isinstance(max_side, bool) or not isinstance(max_side, int) or max_side < 2**max_layers:
+    if kind == "cnn" and (
+        isinstance(max_side, bool) or not isinstance(max_side, int) or max_side < 2**max_layers
+    ):
         raise InvalidArgument(
             f"`max_side` must be an int of at least 2**max_layers = {2**max_layers} (room for "
             f"a 2x2 pooling after every convolution), got {max_side!r}."

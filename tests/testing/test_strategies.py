@@ -157,7 +157,7 @@ def _simulate_cnn_side(side: int, depth: int, kernel_size: int, pool_every: int)
         side -= kernel_size - 1
         if side < 1:
             return 0
-        if (index + 1) % pool_every == 0:
+        if pool_every is not None and (index + 1) % pool_every == 0:
             side //= 2
             if side < 1:
                 return 0
@@ -192,7 +192,7 @@ def test_stack_specs_are_tiny_and_use_the_requested_placements(kind):
 def test_smallest_cnn_side_is_tight():
     for depth in (1, 2, 3):
         for kernel_size in (1, 2, 3):
-            for pool_every in (1, 2):
+            for pool_every in (1, 2, None):
                 side = _smallest_cnn_side(depth, kernel_size, pool_every)
                 assert _simulate_cnn_side(side, depth, kernel_size, pool_every) >= 1
                 assert _simulate_cnn_side(side - 1, depth, kernel_size, pool_every) == 0
