@@ -1,0 +1,670 @@
+"""`MomentumBatchNormalization`: Keras's batch normalization, made for experiments.
+
+The layer subclasses `keras.layers.BatchNormalization` and, with its default
+arguments, computes exactly what Keras computes (outputs and moving statistics,
+bit for bit). On top of that it adds a momentum that can be changed while a
+compiled model trains, a cumulative (true) average, bias-corrected moving
+averages, ghost batches, batch renormalization, protection of the moving
+statistics against non-finite batches, and readable training state.
+
+Only `keras.ops` is used, so the layer runs on every Keras backend that Keras's
+own layer runs on (TensorFlow and JAX are tested).
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from collections.abc import Mapping
+from typing import Any
+
+import keras
+import numpy as np
+from keras import ops
+
+from keras_bn_tools._validation import check_positive_int, check_probability
+
+__all__ = ["MomentumBatchNormalization"]
+
+_RENORM_CLIPPING_KEYS = ("rmax", "rmin", "dmax")
+
+
+def _check_axis(axis: Any) -> int:
+    if isinstance(axis, bool) or not isinstance(axis, numbers.Integral):
+        raise TypeError(
+            f"`axis` must be an integer (the feature axis, e.g. -1), got {axis!r} "
+            f"({type(axis).__name__})."
+        )
+    return int(axis)
+
+
+def _check_epsilon(epsilon: Any) -> float:
+    if isinstance(epsilon, bool) or not isinstance(epsilon, numbers.Real):
+        raise TypeError(
+            f"`epsilon` must be a positive float, got {epsilon!r} ({type(epsilon).__name__})."
+        )
+    if not (math.isfinite(float(epsilon)) and float(epsilon) > 0.0):
+        raise ValueError(f"`epsilon` must be a positive, finite float, got {epsilon!r}.")
+    return float(epsilon)
+
+
+def _check_renorm_clipping(renorm_clipping: Any) -> dict[str, float | None] | None:
+    if renorm_clipping is None:
+        return None
+    if not isinstance(renorm_clipping, Mapping):
+        raise TypeError(
+            "`renorm_clipping` must be None or a dict with optional keys "
+            f"{list(_RENORM_CLIPPING_KEYS)}, got {renorm_clipping!r} "
+            f"({type(renorm_clipping).__name__})."
+        )
+    unknown = sorted(set(renorm_clipping) - set(_RENORM_CLIPPING_KEYS), key=str)
+    if unknown:
+        raise ValueError(
+            f"Invalid keys {unknown} in `renorm_clipping`={dict(renorm_clipping)!r}. "
+            f"Allowed keys: {list(_RENORM_CLIPPING_KEYS)}."
+        )
+    clipping: dict[str, float | None] = {}
+    for key, value in renorm_clipping.items():
+        if value is None:
+            clipping[key] = None
+            continue
+        if isinstance(value, bool) or not isinstance(value, numbers.Real):
+            raise TypeError(
+                f"`renorm_clipping[{key!r}]` must be a float or None, got {value!r} "
+                f"({type(value).__name__})."
+            )
+        clipping[key] = float(value)
+    rmax, rmin, dmax = (clipping.get(key) for key in _RENORM_CLIPPING_KEYS)
+    if rmin is not None and rmin < 0:
+        raise ValueError(f"`renorm_clipping['rmin']` must be >= 0, got {rmin!r}.")
+    if rmax is not None and rmin is not None and rmax < rmin:
+        raise ValueError(
+            "`renorm_clipping['rmax']` must be >= `renorm_clipping['rmin']`, got "
+            f"rmax={rmax!r}, rmin={rmin!r}."
+        )
+    if dmax is not None and dmax < 0:
+        raise ValueError(f"`renorm_clipping['dmax']` must be >= 0, got {dmax!r}.")
+    return clipping
+
+
+def _detached_by_jax_trainer(variable: keras.Variable) -> bool:
+    """True while `model.fit` on JAX keeps this variable's value outside it.
+
+    During an epoch the JAX trainer moves the model state into its jitted
+    step and empties the variables (`_value is None` on an initialized
+    variable); a value assigned then would be overwritten at the epoch's end.
+    """
+    return (
+        keras.backend.backend() == "jax"
+        and getattr(variable, "_value", 0) is None
+        and getattr(variable, "_initializer", None) is None
+    )
+
+
+@keras.saving.register_keras_serializable(package="keras_bn_tools")
+class MomentumBatchNormalization(keras.layers.BatchNormalization):
+    """Batch normalization with a schedulable momentum and experiment options.
+
+    With the default arguments the layer is numerically interchangeable with
+    `keras.layers.BatchNormalization`: same outputs, same moving statistics,
+    masks, `trainable=False` (inference behaviour, no updates) and mixed
+    precision (statistics and variables in float32) behave alike.
+
+    Training-mode update of the moving statistics, per feature, where `mean`
+    and `var` are the statistics of the current batch:
+
+    - `momentum=m` (a float): `moving = moving * m + batch * (1 - m)`;
+    - `momentum=None`: the cumulative (true) average of every batch since the
+      last reset, `moving = moving + (batch - moving) / n` where `n` counts
+      the batches since the last `reset_moving_statistics()` (switching to
+      `None` mid-training treats the current moving statistics as the average
+      of the batches seen so far; reset first for a clean average).
+
+    `momentum` is a Python property backed by float32 variables:
+    `layer.momentum = 0.9` (or `None`) after `compile()`, between `fit()`
+    calls or from a callback, takes effect on the next training step of the
+    already-compiled model, without retracing. On the JAX backend, `fit()`
+    detaches the variables from the model during an epoch: assign at an
+    epoch boundary (e.g. `on_epoch_begin`) or call `self.model.jax_state_sync()`
+    in the callback before assigning.
+
+    Args:
+        axis: the feature axis (an integer; negative counts from the end).
+        momentum: float in [0, 1], or None for a cumulative average.
+        epsilon: positive float added to the variance.
+        center: whether to add the learned offset `beta`.
+        scale: whether to multiply by the learned scale `gamma`.
+        beta_initializer: initializer of `beta`.
+        gamma_initializer: initializer of `gamma`.
+        moving_mean_initializer: initializer of `moving_mean` (also used by
+            `reset_moving_statistics()`).
+        moving_variance_initializer: initializer of `moving_variance` (also
+            used by `reset_moving_statistics()`).
+        beta_regularizer: regularizer of `beta`.
+        gamma_regularizer: regularizer of `gamma`.
+        beta_constraint: constraint of `beta`.
+        gamma_constraint: constraint of `gamma`.
+        renorm: whether to use Batch Renormalization (Ioffe, 2017) in
+            training, with the semantics of tf.keras 2: the normalized batch is
+            corrected by `r = stop_gradient(clip(std / renorm_std))` and
+            `d = stop_gradient(clip((mean - renorm_mean) / renorm_std))`, the
+            renorm statistics are moving averages with `renorm_momentum`, and
+            the inference statistics track the mean and the standard deviation
+            with `momentum` (`moving_variance = relu(moving_stddev**2 - epsilon)`).
+        renorm_clipping: dict with optional keys `"rmax"`, `"rmin"`, `"dmax"`
+            (missing ones mean no clipping on that side).
+        renorm_momentum: momentum of the renorm statistics, in [0, 1].
+        synchronized: TensorFlow only: compute the batch statistics over all
+            replicas of a `tf.distribute` strategy (not for ghost batches,
+            whose statistics are per replica).
+        debias: keep bias-corrected moving averages: the raw EMA starts from
+            zero and `moving_mean`/`moving_variance` hold
+            `EMA / (1 - prod(momenta))` (`1 - momentum**t` for a constant
+            momentum), so inference is sound from the first step (after one
+            step they equal that batch's statistics).
+        virtual_batch_size: ghost batch normalization: in training, the batch
+            is split into consecutive groups of `virtual_batch_size` samples,
+            each normalized with its own statistics; a last, smaller group
+            (batch size not divisible) is normalized with its own statistics.
+            The moving statistics are updated once per step with the
+            sample-weighted average of the group means and of the group
+            (within-group) variances, i.e. the full-batch mean and the pooled
+            within-group variance. Inference never depends on it.
+        skip_nonfinite: when the batch statistics hold a NaN or an infinity,
+            leave the moving statistics (and the counters, renorm and debias
+            state) untouched for that step.
+        **kwargs: base layer arguments (`name`, `dtype`, `trainable`, ...).
+
+    Attributes:
+        batch_mean: variable holding the mean of the last training batch (for
+            ghost batches, the aggregated mean used for the update).
+        batch_variance: variable holding the variance of the last training batch.
+        num_batches_tracked: integer variable counting the training batches
+            that updated the moving statistics since the last reset.
+    """
+
+    def __init__(
+        self,
+        axis: int = -1,
+        momentum: float | None = 0.99,
+        epsilon: float = 1e-3,
+        center: bool = True,
+        scale: bool = True,
+        beta_initializer: Any = "zeros",
+        gamma_initializer: Any = "ones",
+        moving_mean_initializer: Any = "zeros",
+        moving_variance_initializer: Any = "ones",
+        beta_regularizer: Any = None,
+        gamma_regularizer: Any = None,
+        beta_constraint: Any = None,
+        gamma_constraint: Any = None,
+        renorm: bool = False,
+        renorm_clipping: dict[str, float | None] | None = None,
+        renorm_momentum: float = 0.99,
+        synchronized: bool = False,
+        *,
+        debias: bool = False,
+        virtual_batch_size: int | None = None,
+        skip_nonfinite: bool = True,
+        **kwargs: Any,
+    ) -> None:
+        axis = _check_axis(axis)
+        momentum = check_probability("momentum", momentum, allow_none=True)
+        epsilon = _check_epsilon(epsilon)
+        renorm_clipping = _check_renorm_clipping(renorm_clipping)
+        renorm_momentum = check_probability("renorm_momentum", renorm_momentum)
+        virtual_batch_size = check_positive_int(
+            "virtual_batch_size", virtual_batch_size, allow_none=True
+        )
+        # Renorm is handled here rather than passed on: Keras releases before
+        # 3.10 have no renorm arguments.
+        super().__init__(
+            axis=axis,
+            momentum=0.0 if momentum is None else momentum,
+            epsilon=epsilon,
+            center=center,
+            scale=scale,
+            beta_initializer=beta_initializer,
+            gamma_initializer=gamma_initializer,
+            moving_mean_initializer=moving_mean_initializer,
+            moving_variance_initializer=moving_variance_initializer,
+            beta_regularizer=beta_regularizer,
+            gamma_regularizer=gamma_regularizer,
+            beta_constraint=beta_constraint,
+            gamma_constraint=gamma_constraint,
+            synchronized=synchronized,
+            **kwargs,
+        )
+        self.momentum = momentum
+        self.renorm = bool(renorm)
+        self.renorm_clipping = {} if self.renorm and renorm_clipping is None else renorm_clipping
+        self.renorm_momentum = renorm_momentum
+        self.debias = bool(debias)
+        self.virtual_batch_size = virtual_batch_size
+        self.skip_nonfinite = bool(skip_nonfinite)
+
+        self.batch_mean = None
+        self.batch_variance = None
+        self.num_batches_tracked = None
+
+    # ------------------------------------------------------------------ momentum
+
+    @property
+    def momentum(self) -> float | None:
+        """The momentum of the moving averages: a float in [0, 1], or None.
+
+        Assigning a new value updates the backing variables, so an already
+        compiled training step uses it from its next call, without retracing.
+        """
+        return self._momentum_value
+
+    @momentum.setter
+    def momentum(self, value: float | None) -> None:
+        value = check_probability("momentum", value, allow_none=True)
+        variables = getattr(self, "_momentum_variables", None)
+        if variables is not None:
+            self._check_attached("momentum")
+            for variable, number in zip(variables, self._momentum_numbers(value), strict=True):
+                variable.assign(number)
+        self._momentum_value = value
+
+    @staticmethod
+    def _momentum_numbers(momentum: float | None) -> tuple[float, float, float]:
+        """(momentum, 1 - momentum, cumulative flag) as stored in the variables.
+
+        `1 - momentum` is computed here in double precision and stored, so the
+        update `moving * m + batch * (1 - m)` uses exactly the float32
+        constants that `keras.layers.BatchNormalization` uses.
+        """
+        if momentum is None:
+            return (1.0, 0.0, 1.0)
+        return (momentum, 1.0 - momentum, 0.0)
+
+    def _sync_momentum_from_variables(self) -> None:
+        """Make the Python-side momentum agree with restored variables."""
+        momentum, _, cumulative = (float(ops.convert_to_numpy(v)) for v in self._momentum_variables)
+        if cumulative > 0.5:
+            self._momentum_value = None
+        elif self._momentum_value is None or np.float32(self._momentum_value) != np.float32(
+            momentum
+        ):
+            self._momentum_value = momentum
+
+    def _check_attached(self, what: str) -> None:
+        if _detached_by_jax_trainer(self._momentum_variables[0]):
+            raise RuntimeError(
+                f"Cannot change `{what}` of layer {self.name!r} now: on the JAX backend, "
+                "model.fit() keeps the model's variables outside the model during an "
+                "epoch, so the change would be lost. Change it at an epoch boundary "
+                "(e.g. in on_epoch_begin), or call `self.model.jax_state_sync()` in "
+                "your callback first."
+            )
+
+    # ------------------------------------------------------------------- build
+
+    def build(self, input_shape: tuple[int | None, ...]) -> None:
+        input_shape = tuple(input_shape)
+        rank = len(input_shape)
+        if not -rank <= self.axis < rank:
+            raise ValueError(
+                f"Invalid `axis`={self.axis} for layer {self.name!r}: the input shape "
+                f"{input_shape} has rank {rank}, so `axis` must be in "
+                f"[{-rank}, {rank - 1}]."
+            )
+        feature_axis = self.axis % rank
+        if input_shape[feature_axis] is None:
+            raise ValueError(
+                f"The feature axis (`axis`={self.axis}) of the input shape {input_shape} "
+                f"must have a known size; layer {self.name!r}."
+            )
+        if self.virtual_batch_size is not None and feature_axis == 0:
+            raise ValueError(
+                f"`virtual_batch_size`={self.virtual_batch_size} needs a batch axis to "
+                f"split, but `axis`={self.axis} makes axis 0 the feature axis; use a "
+                "feature axis other than 0."
+            )
+        self._feature_axis = feature_axis
+        super().build(input_shape)
+        shape = (input_shape[feature_axis],)
+
+        if self.renorm and getattr(self, "renorm_mean", None) is None:
+            self._build_renorm_variables(shape)
+
+        def state(name: str, initializer: Any, shape: tuple[int, ...] = (), dtype: str = "float32"):
+            return self.add_weight(
+                shape=shape,
+                name=name,
+                initializer=initializer,
+                dtype=dtype,
+                trainable=False,
+                autocast=False,
+            )
+
+        self._momentum_variables = tuple(
+            state(name, keras.initializers.Constant(number))
+            for name, number in zip(
+                ("momentum", "momentum_complement", "cumulative"),
+                self._momentum_numbers(self._momentum_value),
+                strict=True,
+            )
+        )
+        # "int": int64 on TensorFlow, int32 on JAX (no int64 without x64).
+        self.num_batches_tracked = state("num_batches_tracked", "zeros", dtype="int")
+        self.batch_mean = state("batch_mean", "zeros", shape)
+        self.batch_variance = state("batch_variance", "ones", shape)
+        if self.debias:
+            second = "stddev" if self.renorm else "variance"
+            self._biased_moving_mean = state("biased_moving_mean", "zeros", shape)
+            self._biased_moving_second = state(f"biased_moving_{second}", "zeros", shape)
+            self._momentum_product = state("momentum_product", "ones")
+
+    def _build_renorm_variables(self, shape: tuple[int, ...]) -> None:
+        """Batch renorm state as in Keras >= 3.10 (for older Keras releases)."""
+        variance_initializer = self.moving_variance_initializer
+
+        def stddev_initializer(shape, dtype=None):
+            cloned = keras.initializers.get(keras.initializers.serialize(variance_initializer))
+            return ops.sqrt(cloned(shape, dtype=dtype))
+
+        for name, initializer in (
+            ("moving_stddev", stddev_initializer),
+            ("renorm_mean", self.moving_mean_initializer),
+            ("renorm_stddev", stddev_initializer),
+        ):
+            setattr(
+                self,
+                name,
+                self.add_weight(
+                    shape=shape,
+                    name=name,
+                    initializer=initializer,
+                    trainable=False,
+                    autocast=False,
+                ),
+            )
+
+    # -------------------------------------------------------------------- call
+
+    def call(self, inputs, training=None, mask=None):
+        if mask is not None and len(mask.shape) != len(inputs.shape) - 1:
+            raise ValueError(
+                "The mask provided should be one dimension less than the inputs. "
+                f"Received: mask.shape={mask.shape}, inputs.shape={inputs.shape}"
+            )
+        # Statistics in float32 at least (float16/bfloat16 overflow), as in Keras.
+        compute_dtype = keras.backend.result_type(inputs.dtype, "float32")
+        inputs = ops.cast(inputs, compute_dtype)
+        gamma = ops.cast(self.gamma, compute_dtype) if self.scale else None
+        beta = ops.cast(self.beta, compute_dtype) if self.center else None
+
+        if not (training and self.trainable):
+            outputs = ops.batch_normalization(
+                x=inputs,
+                mean=ops.cast(self.moving_mean, compute_dtype),
+                variance=ops.cast(self.moving_variance, compute_dtype),
+                axis=self.axis,
+                offset=beta,
+                scale=gamma,
+                epsilon=self.epsilon,
+            )
+            return ops.cast(outputs, self.compute_dtype)
+
+        if self.virtual_batch_size is not None:
+            outputs, mean, variance = self._ghost_batch_normalization(inputs, mask, gamma, beta)
+        else:
+            mean, variance = self._batch_moments(inputs, mask)
+            if self.renorm:
+                gamma, beta = self._renorm_transform(mean, variance, gamma, beta)
+            outputs = ops.batch_normalization(
+                x=inputs,
+                mean=mean,
+                variance=variance,
+                axis=self.axis,
+                offset=beta,
+                scale=gamma,
+                epsilon=self.epsilon,
+            )
+        self._update_statistics(mean, variance)
+        return ops.cast(outputs, self.compute_dtype)
+
+    def _batch_moments(self, inputs, mask):
+        """Per-feature batch mean and variance, shape (features,)."""
+        if mask is None:
+            return ops.moments(inputs, axes=self._reduction_axes, synchronized=self.synchronized)
+        # The arithmetic of keras.layers.BatchNormalization's masked moments.
+        weights = ops.broadcast_to(ops.expand_dims(mask, axis=-1), ops.shape(inputs))
+        weights = ops.cast(weights, "bool")
+        sum_of_weights = ops.sum(
+            ops.cast(weights, inputs.dtype), self._reduction_axes, keepdims=True
+        )
+        denominator = sum_of_weights + keras.backend.epsilon()
+        masked_sum = ops.sum(ops.where(weights, inputs, 0), self._reduction_axes, keepdims=True)
+        mean = masked_sum / denominator
+        squared = ops.square(ops.where(weights, inputs - mean, 0))
+        variance = ops.sum(squared, self._reduction_axes, keepdims=True) / denominator
+        return ops.reshape(mean, (-1,)), ops.reshape(variance, (-1,))
+
+    # ------------------------------------------------------------ ghost batches
+
+    def _ghost_batch_normalization(self, inputs, mask, gamma, beta):
+        """Normalize each virtual batch with its own statistics.
+
+        The batch is zero-padded to a multiple of `virtual_batch_size` and
+        reshaped to (groups, virtual_batch_size, ...); a weight tensor (0 for
+        padding rows and masked positions) makes every group's statistics
+        exact, the last, partial group's included. Works with a batch size
+        known only at run time.
+
+        Returns:
+            (outputs, aggregated mean, aggregated variance); the aggregates
+            are the sample-weighted averages of the group statistics.
+        """
+        size = self.virtual_batch_size
+        dtype = inputs.dtype
+        rank = len(inputs.shape)
+        shape = ops.shape(inputs)
+        batch = shape[0]
+        pad = (-batch) % size
+        padded_rows = batch + pad
+
+        grouped = ops.reshape(
+            ops.pad(inputs, [[0, pad]] + [[0, 0]] * (rank - 1)), (-1, size, *shape[1:])
+        )
+        if mask is None:
+            weights = ops.pad(ops.ones((batch,), dtype=dtype), [[0, pad]])
+            weights = ops.reshape(weights, (-1, size) + (1,) * (rank - 1))
+        else:
+            mask_shape = ops.shape(mask)
+            weights = ops.pad(ops.cast(mask, dtype), [[0, pad]] + [[0, 0]] * (rank - 2))
+            weights = ops.reshape(weights, (-1, size, *mask_shape[1:]))
+            weights = ops.expand_dims(weights, axis=-1)
+
+        # Grouped layout: axis 0 = group, axis 1 = sample in group; the feature
+        # axis moves one place to the right.
+        feature = self._feature_axis + 1
+        reduction = [i for i in range(1, rank + 1) if i != feature]
+        grouped_shape = ops.shape(grouped)
+        count = ops.sum(weights, axis=reduction, keepdims=True)
+        for i in reduction:
+            if weights.shape[i] == 1 and grouped.shape[i] != 1:
+                count = count * ops.cast(grouped_shape[i], dtype)
+        safe_count = ops.maximum(count, 1.0)
+
+        group_mean = ops.sum(grouped * weights, axis=reduction, keepdims=True) / safe_count
+        centered = grouped - group_mean
+        group_variance = (
+            ops.sum(ops.square(centered) * weights, axis=reduction, keepdims=True) / safe_count
+        )
+
+        total = ops.maximum(ops.sum(count, axis=0), 1.0)
+        mean = ops.reshape(ops.sum(group_mean * count, axis=0) / total, (-1,))
+        variance = ops.reshape(ops.sum(group_variance * count, axis=0) / total, (-1,))
+        if self.renorm:
+            gamma, beta = self._renorm_transform(mean, variance, gamma, beta)
+
+        feature_shape = [1] * (rank + 1)
+        feature_shape[feature] = -1
+        scale = ops.rsqrt(group_variance + self.epsilon)
+        if gamma is not None:
+            scale = scale * ops.reshape(gamma, feature_shape)
+        normalized = centered * scale
+        if beta is not None:
+            normalized = normalized + ops.reshape(beta, feature_shape)
+        outputs = ops.reshape(normalized, (padded_rows, *shape[1:]))[:batch]
+        return outputs, mean, variance
+
+    # ------------------------------------------------------------------ renorm
+
+    def _renorm_transform(self, mean, variance, gamma, beta):
+        """Fold the batch renorm correction (r, d) into the scale and offset."""
+        dtype = mean.dtype
+        stddev = ops.sqrt(variance + self.epsilon)
+        renorm_mean = ops.cast(self.renorm_mean, dtype)
+        # Avoid dividing by zero early in training (as tf.keras 2 and Keras do).
+        renorm_stddev = ops.maximum(
+            ops.cast(self.renorm_stddev, dtype), ops.sqrt(ops.cast(self.epsilon, dtype))
+        )
+        r = ops.divide(stddev, renorm_stddev)
+        d = ops.divide(ops.subtract(mean, renorm_mean), renorm_stddev)
+        rmax, rmin, dmax = (self.renorm_clipping.get(key) for key in _RENORM_CLIPPING_KEYS)
+        if rmin is not None:
+            r = ops.maximum(r, rmin)
+        if rmax is not None:
+            r = ops.minimum(r, rmax)
+        if dmax is not None:
+            d = ops.clip(d, -dmax, dmax)
+        r = ops.stop_gradient(r)
+        d = ops.stop_gradient(d)
+        # (x_hat * r + d) * gamma + beta = x_hat * (r * gamma) + (d * gamma + beta)
+        if gamma is not None:
+            new_gamma, new_beta = r * gamma, d * gamma
+        else:
+            new_gamma, new_beta = r, d
+        if beta is not None:
+            new_beta = new_beta + beta
+        return new_gamma, new_beta
+
+    # ----------------------------------------------------------------- updates
+
+    def _update_weights(self, dtype):
+        """Weights (a, b) of `moving = moving * a + batch * b` for this step."""
+        momentum, complement, cumulative = (ops.cast(v, dtype) for v in self._momentum_variables)
+        inverse_count = 1.0 / (ops.cast(self.num_batches_tracked, dtype) + 1.0)
+        cumulative = ops.greater(cumulative, 0.5)
+        keep = ops.where(cumulative, 1.0 - inverse_count, momentum)
+        take = ops.where(cumulative, inverse_count, complement)
+        return keep, take
+
+    def _update_statistics(self, mean, variance):
+        """Record the batch statistics and update every moving statistic."""
+        self.batch_mean.assign(mean)
+        self.batch_variance.assign(variance)
+        dtype = mean.dtype
+        if self.skip_nonfinite:
+            finite = ops.logical_and(ops.all(ops.isfinite(mean)), ops.all(ops.isfinite(variance)))
+
+            def assign(variable, value):
+                variable.assign(ops.where(finite, value, ops.cast(variable, dtype)))
+
+            increment = ops.cast(finite, self.num_batches_tracked.dtype)
+        else:
+
+            def assign(variable, value):
+                variable.assign(value)
+
+            increment = 1
+
+        keep, take = self._update_weights(dtype)
+        if self.renorm:
+            stddev = ops.sqrt(variance + self.epsilon)
+            renorm_momentum = self.renorm_momentum
+            for variable, value in ((self.renorm_mean, mean), (self.renorm_stddev, stddev)):
+                assign(
+                    variable,
+                    ops.cast(variable, dtype) * renorm_momentum + value * (1.0 - renorm_momentum),
+                )
+            tracked = ((self.moving_mean, mean), (self.moving_stddev, stddev))
+        else:
+            tracked = ((self.moving_mean, mean), (self.moving_variance, variance))
+
+        new_values = []
+        if self.debias:
+            product = ops.cast(self._momentum_product, dtype) * keep
+            correction = 1.0 - product
+            accumulators = (self._biased_moving_mean, self._biased_moving_second)
+            for accumulator, (variable, value) in zip(accumulators, tracked, strict=True):
+                biased = ops.cast(accumulator, dtype) * keep + value * take
+                assign(accumulator, biased)
+                # While every momentum so far was 1 nothing has been averaged yet.
+                new_values.append(
+                    ops.where(
+                        correction > 0.0,
+                        biased / ops.where(correction > 0.0, correction, 1.0),
+                        ops.cast(variable, dtype),
+                    )
+                )
+            assign(self._momentum_product, product)
+        else:
+            for variable, value in tracked:
+                new_values.append(ops.cast(variable, dtype) * keep + value * take)
+        for (variable, _), value in zip(tracked, new_values, strict=True):
+            assign(variable, value)
+        if self.renorm:
+            # Derive the variance from the tracked stddev; relu guards round-off.
+            assign(self.moving_variance, ops.relu(ops.square(new_values[1]) - self.epsilon))
+        self.num_batches_tracked.assign(self.num_batches_tracked + increment)
+
+    # ------------------------------------------------------------------- state
+
+    def reset_moving_statistics(self) -> None:
+        """Restart the moving statistics from their initial values.
+
+        `moving_mean`/`moving_variance` go back to their initializers (zeros
+        and ones by default), `num_batches_tracked` to 0, the debias
+        accumulators to 0 (and their momentum product to 1) and the renorm
+        statistics to their initial values. `batch_mean`/`batch_variance`
+        keep describing the last batch seen. Does nothing on an unbuilt layer.
+        """
+        if not self.built:
+            return
+        self._check_attached("the moving statistics")
+        shape = tuple(self.moving_mean.shape)
+        mean = self.moving_mean_initializer(shape, dtype="float32")
+        variance = self.moving_variance_initializer(shape, dtype="float32")
+        self.moving_mean.assign(mean)
+        self.moving_variance.assign(variance)
+        if self.renorm:
+            self.moving_stddev.assign(ops.sqrt(variance))
+            self.renorm_mean.assign(mean)
+            self.renorm_stddev.assign(ops.sqrt(variance))
+        if self.debias:
+            self._biased_moving_mean.assign(ops.zeros(shape))
+            self._biased_moving_second.assign(ops.zeros(shape))
+            self._momentum_product.assign(1.0)
+        self.num_batches_tracked.assign(0)
+
+    def load_own_variables(self, store) -> None:
+        super().load_own_variables(store)
+        if self.built:
+            self._sync_momentum_from_variables()
+
+    def set_weights(self, weights) -> None:
+        super().set_weights(weights)
+        self._sync_momentum_from_variables()
+
+    def get_config(self) -> dict[str, Any]:
+        config = super().get_config()
+        config.update(
+            {
+                "momentum": self.momentum,
+                "renorm": self.renorm,
+                "renorm_clipping": (
+                    None if self.renorm_clipping is None else dict(self.renorm_clipping)
+                ),
+                "renorm_momentum": self.renorm_momentum,
+                "debias": self.debias,
+                "virtual_batch_size": self.virtual_batch_size,
+                "skip_nonfinite": self.skip_nonfinite,
+            }
+        )
+        return config
