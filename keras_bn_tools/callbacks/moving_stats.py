@@ -1,0 +1,469 @@
+"""Record how BN moving statistics (and gamma/beta) evolve during training.
+
+On-disk format (`log_dir`)
+--------------------------
+Two files, written by one tracker run:
+
+- `moving_stats.json`: a small header written once at the start of training:
+  format name and version, `every`, the tracked layers and stats, and the
+  record layout (`fields`: name, dtype, shape; for statistic fields also the
+  layer key and stat name).
+- `moving_stats.bin`: fixed-size little-endian binary records, one per
+  snapshot, appended with a single unbuffered `write` to a file opened in
+  append mode. A record is a NumPy structured row: `step` (int64), `epoch`
+  (int64), then one field per (layer, stat) of that variable's dtype and
+  shape. Every record has the same size, so recording the 1000th snapshot
+  costs what the first did, and a crash (or a callback that raises) leaves
+  every earlier record on disk. A torn last record is ignored when reading.
+
+`MovingStatsTracker.load(log_dir)` reads both back with `numpy.frombuffer`
+into the same `MovingStatsLog` the tracker keeps in memory.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import warnings
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
+
+import keras
+import numpy as np
+
+from keras_bn_tools._validation import check_positive_int
+from keras_bn_tools.recalibration import layer_keys
+from keras_bn_tools.rewrite import batchnorm_layers
+
+__all__ = ["ALLOWED_STATS", "MovingStatsLog", "MovingStatsTracker"]
+
+ALLOWED_STATS = ("moving_mean", "moving_variance", "gamma", "beta")
+HEADER_FILE = "moving_stats.json"
+RECORDS_FILE = "moving_stats.bin"
+FORMAT = "keras-bn-tools/moving-stats"
+FORMAT_VERSION = 1
+_INDEX_FIELDS = (("step", "<i8"), ("epoch", "<i8"))
+
+
+def _record_dtype(fields: Sequence[dict[str, Any]]) -> np.dtype:
+    return np.dtype([(f["name"], f["dtype"], tuple(f.get("shape", ()))) for f in fields])
+
+
+class MovingStatsLog:
+    """Snapshots of BN statistics, stored as rows of one NumPy structured array.
+
+    Appending a record is amortized O(1) (a capacity-doubling buffer); the
+    arrays handed out by `history`, `steps` and `epochs` are read-only views
+    of the first `len(self)` rows, built once per new record.
+
+    Attributes:
+        every: the tracker's `every` (`"epoch"` or an int).
+        layers: tracked layer keys, in call order.
+        stats: the requested stat names.
+    """
+
+    def __init__(
+        self,
+        fields: Sequence[dict[str, Any]],
+        *,
+        every: str | int,
+        layers: Sequence[str],
+        stats: Sequence[str],
+        records: np.ndarray | None = None,
+    ):
+        self.fields = [dict(f) for f in fields]
+        self.every = every
+        self.layers = list(layers)
+        self.stats = list(stats)
+        self.dtype = _record_dtype(self.fields)
+        if records is None:
+            records = np.zeros(16, dtype=self.dtype)
+            self._size = 0
+        else:
+            self._size = len(records)
+        self._records = records
+        self._views: dict[str, Any] | None = None
+
+    # -- writing
+    def new_row(self) -> np.ndarray:
+        """A zeroed one-row array of this log's dtype, to fill and `append`."""
+        return np.zeros(1, dtype=self.dtype)
+
+    def append(self, row: np.ndarray) -> None:
+        """Append a one-row structured array (see `new_row`)."""
+        if self._size == len(self._records):
+            grown = np.zeros(max(16, 2 * len(self._records)), dtype=self.dtype)
+            grown[: self._size] = self._records[: self._size]
+            self._records = grown
+        self._records[self._size] = row[0]
+        self._size += 1
+        self._views = None
+
+    # -- reading
+    def __len__(self) -> int:
+        return self._size
+
+    def _view(self, name: str) -> np.ndarray:
+        view = self._records[name][: self._size]
+        view.flags.writeable = False
+        return view
+
+    def _build_views(self) -> dict[str, Any]:
+        if self._views is None:
+            history: dict[str, dict[str, np.ndarray]] = {key: {} for key in self.layers}
+            for field in self.fields:
+                if "layer" in field:
+                    history[field["layer"]][field["stat"]] = self._view(field["name"])
+            self._views = {
+                "history": history,
+                "steps": self._view("step"),
+                "epochs": self._view("epoch"),
+            }
+        return self._views
+
+    @property
+    def history(self) -> dict[str, dict[str, np.ndarray]]:
+        """`history[layer][stat]`: array of shape (records, features), oldest first.
+
+        A stat the layer lacks (gamma with `scale=False`, beta with
+        `center=False`) is absent from that layer's dict.
+        """
+        return self._build_views()["history"]
+
+    @property
+    def steps(self) -> np.ndarray:
+        """int64 array: training steps (batches) completed in this run at each record."""
+        return self._build_views()["steps"]
+
+    @property
+    def epochs(self) -> np.ndarray:
+        """int64 array: epochs completed in this run at each record."""
+        return self._build_views()["epochs"]
+
+    def header(self) -> dict[str, Any]:
+        """The JSON header describing this log's records."""
+        return {
+            "format": FORMAT,
+            "version": FORMAT_VERSION,
+            "every": self.every,
+            "layers": self.layers,
+            "stats": self.stats,
+            "record_bytes": self.dtype.itemsize,
+            "fields": self.fields,
+        }
+
+    @classmethod
+    def load(cls, log_dir: str | os.PathLike) -> MovingStatsLog:
+        """Read a log written by `MovingStatsTracker(log_dir=...)`."""
+        header_path = os.path.join(log_dir, HEADER_FILE)
+        if not os.path.exists(header_path):
+            raise FileNotFoundError(
+                f"No moving-statistics log in {os.fspath(log_dir)!r}: {HEADER_FILE} is missing."
+            )
+        with open(header_path, encoding="utf-8") as f:
+            header = json.load(f)
+        if header.get("format") != FORMAT or header.get("version") != FORMAT_VERSION:
+            raise ValueError(
+                f"{header_path} is not a {FORMAT} version {FORMAT_VERSION} header "
+                f"(format={header.get('format')!r}, version={header.get('version')!r})."
+            )
+        dtype = _record_dtype(header["fields"])
+        records_path = os.path.join(log_dir, RECORDS_FILE)
+        raw = b""
+        if os.path.exists(records_path):
+            with open(records_path, "rb") as f:
+                raw = f.read()
+        count = len(raw) // dtype.itemsize  # a torn last record is dropped
+        records = np.frombuffer(raw, dtype=dtype, count=count).copy()
+        return cls(
+            header["fields"],
+            every=header["every"],
+            layers=header["layers"],
+            stats=header["stats"],
+            records=records,
+        )
+
+    def __repr__(self) -> str:
+        return (
+            f"<MovingStatsLog every={self.every!r} layers={self.layers} stats={self.stats} "
+            f"records={len(self)}>"
+        )
+
+
+def _parse_every(every: Any) -> str | int:
+    if isinstance(every, str):
+        if every != "epoch":
+            raise ValueError(
+                f'`every` must be "epoch" or a positive integer (batches), got {every!r}.'
+            )
+        return every
+    return check_positive_int("every", every)
+
+
+def _parse_stats(stats: Any) -> tuple[str, ...]:
+    if isinstance(stats, str):
+        stats = (stats,)
+    if not isinstance(stats, Iterable):
+        raise TypeError(f"`stats` must be a sequence of stat names, got {stats!r}.")
+    stats = tuple(dict.fromkeys(stats))
+    if not stats:
+        raise ValueError(f"`stats` must name at least one of {ALLOWED_STATS}.")
+    unknown = [s for s in stats if s not in ALLOWED_STATS]
+    if unknown:
+        raise ValueError(f"Unknown stats {unknown}; allowed stats are {list(ALLOWED_STATS)}.")
+    return stats
+
+
+def _parse_layers(layers: Any) -> tuple[str, ...] | None:
+    if layers is None:
+        return None
+    if isinstance(layers, str):
+        layers = (layers,)
+    if not isinstance(layers, Iterable) or not all(isinstance(n, str) for n in layers):
+        raise TypeError(f"`layers` must be None or a sequence of layer names, got {layers!r}.")
+    layers = tuple(dict.fromkeys(layers))
+    if not layers:
+        raise ValueError("`layers` must be None (all BN layers) or name at least one layer.")
+    return layers
+
+
+def _variable_reader(variables: Sequence[Any]) -> Callable[[], list[np.ndarray]]:
+    """A function returning the current values of `variables` as NumPy arrays.
+
+    On TensorFlow every eager op costs tens of microseconds, so same-dtype 1-D
+    variables (all BN statistics) are read with one concatenation and one
+    device-to-host copy instead of one copy per variable.
+    """
+    dtypes = {keras.backend.standardize_dtype(v.dtype) for v in variables}
+    if (
+        keras.backend.backend() == "tensorflow"
+        and len(variables) > 1
+        and len(dtypes) == 1
+        and all(len(v.shape) == 1 for v in variables)
+    ):
+        import tensorflow as tf
+
+        bounds = np.cumsum([int(v.shape[0]) for v in variables])[:-1]
+
+        def read() -> list[np.ndarray]:
+            flat = tf.concat([v.value for v in variables], axis=0).numpy()
+            return np.split(flat, bounds)
+
+        return read
+    return lambda: [keras.ops.convert_to_numpy(v) for v in variables]
+
+
+class MovingStatsTracker(keras.callbacks.Callback):
+    """Snapshot BN moving statistics and affine parameters during `fit`.
+
+    One snapshot is taken at the start of training (step 0, epoch 0), then
+    after every epoch (`every="epoch"`) or every `every` training batches.
+
+    `history[layer][stat]` is a (records, features) array; `steps[i]` and
+    `epochs[i]` say when record `i` was taken: the number of training steps
+    (batches) and of whole epochs completed *in this `fit` call*. The initial
+    snapshot has step 0, epoch 0; the end-of-epoch record of the k-th epoch
+    has epoch k. With `every=N` the step counter runs across epochs and
+    records are taken after steps N, 2N, 3N, ... (with `steps_per_execution >
+    1`, at the first batch end the callback sees at or after each multiple of
+    N); a record taken during the k-th epoch, its last batch included, has
+    epoch k - 1 (the epoch completes after its last batch, at
+    `on_epoch_end`). Each `fit` call starts a fresh history, like
+    `keras.callbacks.History`.
+
+    Args:
+        every: `"epoch"` or a positive int (record every N batches).
+        layers: BN layer names to track (default: all BN layers, nested
+            models included). A name that is not a BN layer of the model
+            raises `ValueError` when training starts. Two BN layers with the
+            same name in different nested models are keyed `name`, `name#2`.
+        stats: any of `"moving_mean"`, `"moving_variance"`, `"gamma"`,
+            `"beta"`. A stat a layer does not have (gamma with `scale=False`,
+            beta with `center=False`) is skipped for that layer.
+        log_dir: if given, every record is appended to
+            `log_dir/moving_stats.bin` as soon as it is taken (see the module
+            docstring for the format); read it back with
+            `MovingStatsTracker.load(log_dir)`. The directory is created if
+            needed; an earlier log in it is replaced when training starts.
+
+    Example:
+        ```python
+        tracker = MovingStatsTracker(every=4, log_dir="bn_logs")
+        model.fit(x, y, epochs=3, callbacks=[tracker])
+        tracker.history["batch_normalization"]["moving_mean"].shape  # (records, units)
+        MovingStatsTracker.load("bn_logs").steps  # same as tracker.steps
+        ```
+    """
+
+    def __init__(
+        self,
+        every: str | int = "epoch",
+        layers: Sequence[str] | None = None,
+        stats: Sequence[str] = ALLOWED_STATS,
+        log_dir: str | os.PathLike | None = None,
+    ):
+        super().__init__()
+        self.every = _parse_every(every)
+        self.layer_names = _parse_layers(layers)
+        self.stats = _parse_stats(stats)
+        if log_dir is not None and not isinstance(log_dir, (str, os.PathLike)):
+            raise TypeError(f"`log_dir` must be a path or None, got {log_dir!r}.")
+        self.log_dir = None if log_dir is None else os.fspath(log_dir)
+        # Epoch mode reads nothing per batch, so Keras may dispatch the
+        # (no-op) batch hook asynchronously.
+        self.async_safe = self.every == "epoch"
+        self._log: MovingStatsLog | None = None
+        self._file = None
+        self._variables: list[tuple[str, Any]] = []
+
+    # -- public views
+    @property
+    def log(self) -> MovingStatsLog:
+        """The records of the current (or last) training run."""
+        if self._log is None:
+            raise RuntimeError(
+                "MovingStatsTracker has no records yet: it has not been trained with."
+            )
+        return self._log
+
+    @property
+    def history(self) -> dict[str, dict[str, np.ndarray]]:
+        """`history[layer][stat]`: (records, features) array. See `MovingStatsLog.history`."""
+        return self.log.history
+
+    @property
+    def steps(self) -> np.ndarray:
+        """Training steps completed in this run when each record was taken (0 first)."""
+        return self.log.steps
+
+    @property
+    def epochs(self) -> np.ndarray:
+        """Epochs completed in this run when each record was taken (0 first)."""
+        return self.log.epochs
+
+    @staticmethod
+    def load(log_dir: str | os.PathLike) -> MovingStatsLog:
+        """Read back what a tracker wrote to `log_dir`: the same `history`, `steps`, `epochs`."""
+        return MovingStatsLog.load(log_dir)
+
+    # -- set-up
+    def _tracked_layers(self) -> list[tuple[str, keras.layers.Layer]]:
+        found = batchnorm_layers(self.model)
+        named = list(zip(layer_keys(found), found, strict=True))
+        if self.layer_names is None:
+            return named
+        by_key = dict(named)
+        unknown = [n for n in self.layer_names if n not in by_key]
+        if unknown:
+            raise ValueError(
+                f"MovingStatsTracker: {unknown} {'is not a' if len(unknown) == 1 else 'are not'} "
+                f"BN layer{'s' if len(unknown) > 1 else ''} of model {self.model.name!r}; "
+                f"its BN layers are {list(by_key) or 'none'}."
+            )
+        return [(key, layer) for key, layer in named if key in self.layer_names]
+
+    def _start_log(self) -> None:
+        tracked = self._tracked_layers()
+        if not tracked:
+            raise ValueError(
+                f"MovingStatsTracker: model {self.model.name!r} has no batch normalization layer."
+            )
+        fields: list[dict[str, Any]] = [{"name": n, "dtype": d} for n, d in _INDEX_FIELDS]
+        self._variables = []
+        for key, layer in tracked:
+            if not layer.built:
+                raise ValueError(f"MovingStatsTracker: BN layer {key!r} is not built.")
+            for stat in self.stats:
+                variable = getattr(layer, stat, None)
+                if variable is None:
+                    continue
+                fields.append(
+                    {
+                        "name": f"v{len(self._variables)}",
+                        "layer": key,
+                        "stat": stat,
+                        "dtype": np.dtype(keras.backend.standardize_dtype(variable.dtype)).str,
+                        "shape": [int(d) for d in variable.shape],
+                    }
+                )
+                self._variables.append((fields[-1]["name"], variable))
+        if not self._variables:
+            warnings.warn(
+                f"MovingStatsTracker: none of the tracked BN layers has any of {self.stats}; "
+                "only steps and epochs are recorded.",
+                stacklevel=3,
+            )
+        self._read = _variable_reader([variable for _, variable in self._variables])
+        self._log = MovingStatsLog(
+            fields, every=self.every, layers=[k for k, _ in tracked], stats=self.stats
+        )
+        self._close()
+        if self.log_dir is not None:
+            os.makedirs(self.log_dir, exist_ok=True)
+            records_path = os.path.join(self.log_dir, RECORDS_FILE)
+            open(records_path, "wb").close()  # replace an earlier run's records
+            header_path = os.path.join(self.log_dir, HEADER_FILE)
+            with open(header_path + ".tmp", "w", encoding="utf-8") as f:
+                json.dump(self._log.header(), f, indent=1)
+            os.replace(header_path + ".tmp", header_path)
+            self._file = open(records_path, "ab", buffering=0)  # noqa: SIM115 - kept open
+
+    def _record(self, step: int, epoch: int) -> None:
+        sync = getattr(self.model, "jax_state_sync", None)
+        if sync is not None:  # JAX keeps the live state outside the variables during fit
+            sync()
+        row = self._log.new_row()
+        row["step"] = step
+        row["epoch"] = epoch
+        for (name, _), value in zip(self._variables, self._read(), strict=True):
+            row[name] = value
+        self._log.append(row)
+        if self._file is not None:
+            self._file.write(row.tobytes())
+
+    def _close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+    def _optimizer_steps(self) -> int:
+        iterations = getattr(getattr(self.model, "optimizer", None), "iterations", None)
+        return -1 if iterations is None else int(keras.ops.convert_to_numpy(iterations))
+
+    # -- Keras hooks
+    def on_train_begin(self, logs=None):
+        self._start_log()
+        self._first_epoch = None
+        self._epochs_done = 0
+        self._step = 0
+        self._epoch_base_step = 0
+        self._start_iterations = self._optimizer_steps()
+        self._record(0, 0)
+
+    def on_epoch_begin(self, epoch, logs=None):
+        if self._first_epoch is None:
+            self._first_epoch = epoch
+        self._epochs_done = epoch - self._first_epoch
+        self._epoch_base_step = self._step
+
+    def on_train_batch_end(self, batch, logs=None):
+        if self.every == "epoch":
+            return
+        step = self._epoch_base_step + int(batch) + 1
+        if step // self.every > self._step // self.every:
+            self._record(step, self._epochs_done)
+        self._step = step
+
+    def on_epoch_end(self, epoch, logs=None):
+        self._epochs_done = epoch - (self._first_epoch or 0) + 1
+        if self.every == "epoch":
+            now = self._optimizer_steps()
+            self._step = now - self._start_iterations if now >= 0 else -1
+            self._record(self._step, self._epochs_done)
+
+    def on_train_end(self, logs=None):
+        self._close()
+
+    def __del__(self):
+        if getattr(self, "_file", None) is not None:
+            self._file.close()

@@ -1,0 +1,92 @@
+"""`recalibrate_batchnorm` as a Keras callback."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import keras
+
+from keras_bn_tools._validation import check_positive_int
+from keras_bn_tools.recalibration import RecalibrationReport, _Batches, recalibrate_batchnorm
+from keras_bn_tools.rewrite import batchnorm_layers
+
+__all__ = ["RecalibrateBatchNorm"]
+
+_WHEN = ("train_end", "epoch_end")
+
+
+class RecalibrateBatchNorm(keras.callbacks.Callback):
+    """Recompute exact BN statistics ("precise BN") over `data` during or after training.
+
+    Runs `keras_bn_tools.recalibrate_batchnorm(model, data, ...)` at the end
+    of training (`when="train_end"`) or at the end of every epoch
+    (`when="epoch_end"`). With `"epoch_end"` the recalibration runs after that
+    epoch's validation (Keras validates before `on_epoch_end`), so the
+    epoch's `val_*` metrics still use the moving averages; callbacks listed
+    after this one (e.g. `ModelCheckpoint`) and the following epochs see the
+    recalibrated statistics, which training then keeps updating as usual.
+
+    Args:
+        data: as for `recalibrate_batchnorm` (arrays, `(x, y)`, a dataset, a
+            `PyDataset`, an iterable of batches). Usually the training data.
+        num_batches: use at most this many batches (default: all).
+        when: `"train_end"` or `"epoch_end"`.
+        batch_size: rows per batch for in-memory arrays.
+        verbose: 1 prints the recalibration report each time.
+
+    Attributes:
+        report: the `RecalibrationReport` of the latest recalibration (None before).
+        reports: every report, oldest first.
+
+    Raises:
+        ValueError: at construction for a bad `when`, `num_batches`,
+            `batch_size` or empty in-memory data; when training starts if the
+            model has no BN layer.
+    """
+
+    def __init__(
+        self,
+        data: Any,
+        num_batches: int | None = None,
+        when: str = "train_end",
+        *,
+        batch_size: int = 32,
+        verbose: int = 0,
+    ):
+        super().__init__()
+        if when not in _WHEN:
+            raise ValueError(f"`when` must be one of {list(_WHEN)}, got {when!r}.")
+        self.num_batches = check_positive_int("num_batches", num_batches, allow_none=True)
+        self.batch_size = check_positive_int("batch_size", batch_size)
+        self.data = data
+        # Checks in-memory data now (empty arrays raise) and keeps a generator's
+        # cache across recalibrations.
+        self._batches = _Batches(data, self.batch_size, self.num_batches)
+        self.when = when
+        self.verbose = verbose
+        self.report: RecalibrationReport | None = None
+        self.reports: list[RecalibrationReport] = []
+
+    def on_train_begin(self, logs=None):
+        if not batchnorm_layers(self.model):
+            raise ValueError(
+                f"RecalibrateBatchNorm: model {self.model.name!r} has no batch normalization "
+                "layer: nothing to recalibrate."
+            )
+
+    def _recalibrate(self) -> None:
+        sync = getattr(self.model, "jax_state_sync", None)
+        if sync is not None:
+            sync()
+        self.report = recalibrate_batchnorm(self.model, self._batches)
+        self.reports.append(self.report)
+        if self.verbose:
+            keras.utils.io_utils.print_msg(f"\n{self.report}")
+
+    def on_epoch_end(self, epoch, logs=None):
+        if self.when == "epoch_end":
+            self._recalibrate()
+
+    def on_train_end(self, logs=None):
+        if self.when == "train_end":
+            self._recalibrate()

@@ -1,0 +1,322 @@
+"""recalibrate_batchnorm: exact population statistics, checked against NumPy layer by layer."""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
+
+from keras_bn_tools.layers import MomentumBatchNormalization
+from keras_bn_tools.recalibration import RecalibrationReport, recalibrate_batchnorm
+from keras_bn_tools.rewrite import batchnorm_layers
+
+EPS = 1e-3  # Keras's default BN epsilon
+
+
+def _np(variable) -> np.ndarray:
+    return keras.ops.convert_to_numpy(variable).astype(np.float64)
+
+
+def _bn_numpy(layer, h):
+    """Inference-mode BN in float64 with the layer's (new) statistics."""
+    return (h - _np(layer.moving_mean)) / np.sqrt(_np(layer.moving_variance) + layer.epsilon) * _np(
+        layer.gamma
+    ) + _np(layer.beta)
+
+
+def _stack_model():
+    """Dense(relu) -> BN1 -> Dense -> BN2 -> Dense: BN2's input depends on BN1's statistics."""
+    inputs = keras.Input((3,))
+    h = keras.layers.Dense(5, activation="relu", name="d1")(inputs)
+    h = keras.layers.BatchNormalization(name="bn1")(h)
+    h = keras.layers.Dense(4, name="d2")(h)
+    h = keras.layers.BatchNormalization(name="bn2")(h)
+    return keras.Model(inputs, keras.layers.Dense(1, name="out")(h))
+
+
+def _randomize_bn(model, rng):
+    for layer in batchnorm_layers(model):
+        shape = layer.moving_mean.shape
+        layer.gamma.assign(rng.uniform(0.5, 2.0, shape).astype("float32"))
+        layer.beta.assign(rng.normal(size=shape).astype("float32"))
+        layer.moving_mean.assign(rng.normal(size=shape).astype("float32"))
+        layer.moving_variance.assign(rng.uniform(0.1, 3.0, shape).astype("float32"))
+
+
+def _assert_population(layer, h, rtol=1e-4):
+    h = np.asarray(h, np.float64)
+    scale = np.abs(h).max() + 1.0
+    np.testing.assert_allclose(_np(layer.moving_mean), h.mean(axis=0), rtol=rtol, atol=1e-6 * scale)
+    np.testing.assert_allclose(
+        _np(layer.moving_variance), h.var(axis=0), rtol=rtol, atol=1e-6 * scale**2
+    )
+
+
+_STACK = {}
+
+
+@pytest.fixture(autouse=True)
+def _fresh_stack():
+    _STACK.clear()
+    yield
+    _STACK.clear()
+
+
+@pytest.mark.jax_compatible
+@given(
+    x=hnp.arrays(
+        np.float32,
+        st.tuples(st.integers(2, 70), st.just(3)),
+        elements=st.floats(-50, 50, width=32),
+    ),
+    batch_size=st.integers(1, 80),
+    seed=st.integers(0, 2**16),
+)
+def test_two_stacked_bn_layers_match_numpy_layer_by_layer(x, batch_size, seed):
+    model = _STACK.setdefault("model", _stack_model())
+    rng = np.random.default_rng(seed)
+    _randomize_bn(model, rng)
+    d1, bn1, d2, bn2 = (model.get_layer(n) for n in ("d1", "bn1", "d2", "bn2"))
+    before = [w.copy() for w in model.get_weights()]
+    trainable = [keras.ops.convert_to_numpy(w).copy() for w in model.trainable_weights]
+
+    report = recalibrate_batchnorm(model, x, batch_size=batch_size)
+
+    w1, b1 = (_np(w) for w in d1.weights)
+    h1 = np.maximum(x.astype(np.float64) @ w1 + b1, 0.0)
+    _assert_population(bn1, h1)
+    w2, b2 = (_np(w) for w in d2.weights)
+    h2 = _bn_numpy(bn1, h1) @ w2 + b2  # uses BN1's *new* statistics
+    _assert_population(bn2, h2)
+
+    # Trainable weights are bit-identical; only the moving statistics changed.
+    for old, new in zip(trainable, model.trainable_weights, strict=True):
+        np.testing.assert_array_equal(old, keras.ops.convert_to_numpy(new))
+    statistics = {id(v) for layer in (bn1, bn2) for v in (layer.moving_mean, layer.moving_variance)}
+    for old, variable in zip(before, model.weights, strict=True):
+        if id(variable) not in statistics:
+            np.testing.assert_array_equal(old, keras.ops.convert_to_numpy(variable))
+    assert list(report) == ["bn1", "bn2"]
+    assert report.num_samples == len(x)
+    assert report.num_batches == -(-len(x) // batch_size)
+
+
+@pytest.mark.jax_compatible
+def test_variance_is_stable_for_large_offsets():
+    rng = np.random.default_rng(0)
+    x = (1e4 + rng.normal(size=(1000, 2)) * [1.0, 0.01]).astype("float32")
+    bn = keras.layers.BatchNormalization()
+    model = keras.Sequential([keras.Input((2,)), bn])
+    recalibrate_batchnorm(model, x, batch_size=7)
+    exact = x.astype(np.float64)
+    np.testing.assert_allclose(_np(bn.moving_mean), exact.mean(axis=0), rtol=1e-7)
+    np.testing.assert_allclose(_np(bn.moving_variance), exact.var(axis=0), rtol=1e-5)
+
+
+def _data_forms(x, y):
+    import tensorflow as tf
+
+    class Batches(keras.utils.PyDataset):
+        def __len__(self):
+            return -(-len(x) // 10)
+
+        def __getitem__(self, index):
+            return x[index * 10 : (index + 1) * 10], y[index * 10 : (index + 1) * 10]
+
+    return {
+        "array": x,
+        "(x, y)": (x, y),
+        "(x, y, w)": (x, y, np.ones(len(x))),
+        "dataset": tf.data.Dataset.from_tensor_slices((x, y)).batch(9),
+        "pydataset": Batches(),
+        "generator": (x[i : i + 6] for i in range(0, len(x), 6)),
+        "list of batches": [(x[i : i + 8], y[i : i + 8]) for i in range(0, len(x), 8)],
+    }
+
+
+def test_every_data_form_gives_the_same_statistics():
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(47, 3)).astype("float32") * 2 + 1
+    y = rng.normal(size=(47, 1)).astype("float32")
+    model = _stack_model()
+    results = {}
+    for name, data in _data_forms(x, y).items():
+        if name == "list of batches":
+            data = iter(data)
+        recalibrate_batchnorm(model, data, batch_size=5)
+        results[name] = [
+            _np(v) for layer in batchnorm_layers(model) for v in layer.non_trainable_weights
+        ]
+    for name, values in results.items():
+        for got, want in zip(values, results["array"], strict=True):
+            np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6, err_msg=name)
+
+
+@pytest.mark.jax_compatible
+def test_num_batches_limits_the_samples_used():
+    x = np.arange(60, dtype="float32").reshape(30, 2)
+    bn = keras.layers.BatchNormalization()
+    model = keras.Sequential([keras.Input((2,)), bn])
+    report = recalibrate_batchnorm(model, x, num_batches=2, batch_size=8)
+    np.testing.assert_allclose(_np(bn.moving_mean), x[:16].mean(axis=0), rtol=1e-6)
+    np.testing.assert_allclose(_np(bn.moving_variance), x[:16].var(axis=0), rtol=1e-5)
+    assert (report.num_batches, report.num_samples) == (2, 16)
+
+
+class _SwappedOrder(keras.Model):
+    """Declares bn_late before bn_early but calls bn_early first."""
+
+    def __init__(self):
+        super().__init__()
+        self.bn_late = keras.layers.BatchNormalization(name="bn_late")
+        self.dense = keras.layers.Dense(3, name="dense")
+        self.bn_early = keras.layers.BatchNormalization(name="bn_early")
+
+    def call(self, x, training=None):
+        return self.bn_late(self.dense(self.bn_early(x, training=training)), training=training)
+
+
+@pytest.mark.jax_compatible
+def test_layers_are_recalibrated_in_call_order_not_declaration_order():
+    rng = np.random.default_rng(2)
+    x = (rng.normal(size=(40, 2)) * 3 + 5).astype("float32")
+    model = _SwappedOrder()
+    model(x[:2])
+    _randomize_bn(model, rng)
+    report = recalibrate_batchnorm(model, x, batch_size=16)
+    assert list(report) == ["bn_early", "bn_late"]
+    _assert_population(model.bn_early, x)
+    kernel, bias = (_np(w) for w in model.dense.weights)
+    _assert_population(
+        model.bn_late, _bn_numpy(model.bn_early, x.astype(np.float64)) @ kernel + bias
+    )
+
+
+@pytest.mark.jax_compatible
+def test_nested_shared_and_masked_layers():
+    rng = np.random.default_rng(3)
+    # A BN shared by two branches gets the statistics of both inputs together.
+    shared = keras.layers.BatchNormalization(name="shared")
+    inner = keras.Sequential([keras.Input((2,)), keras.layers.Dense(2, name="inner_dense"), shared])
+    inputs = keras.Input((2,))
+    twice = keras.layers.Add()([inner(inputs), shared(inputs)])
+    model = keras.Model(inputs, twice)
+    x = rng.normal(size=(33, 2)).astype("float32")
+    report = recalibrate_batchnorm(model, x, batch_size=10)
+    kernel, bias = (_np(w) for w in model.get_layer(inner.name).layers[0].weights)
+    _assert_population(shared, np.concatenate([x @ kernel + bias, x]))
+    assert report["shared"]["num_values"] == 66
+
+    # Masked time steps are left out, as the BN layer itself does in training.
+    seq = keras.Sequential(
+        [keras.Input((5, 2)), keras.layers.Masking(0.0), keras.layers.BatchNormalization(name="m")]
+    )
+    xs = rng.normal(size=(12, 5, 2)).astype("float32") + 4
+    xs[:, 3:] = 0.0
+    recalibrate_batchnorm(seq, xs, batch_size=5)
+    _assert_population(seq.get_layer("m"), xs[:, :3].reshape(-1, 2))
+
+
+def test_debiased_momentum_layer_continues_from_the_new_statistics():
+    bn = MomentumBatchNormalization(momentum=0.9, debias=True)
+    model = keras.Sequential([keras.Input((2,)), bn, keras.layers.Dense(1)])
+    model.compile(optimizer="sgd", loss="mse")
+    rng = np.random.default_rng(4)
+    x = (rng.normal(size=(64, 2)) * 2 + 3).astype("float32")
+    model.fit(x, np.ones(64), epochs=1, batch_size=16, verbose=0)
+    recalibrate_batchnorm(model, x)
+    _assert_population(bn, x)
+    # The debiased average goes on as if the new statistics had been its value all along:
+    # raw EMA = new * (1 - P) with P = 0.9**4 after four steps; one more step with batch b
+    # publishes (0.9 * new * (1 - P) + 0.1 * b) / (1 - 0.9 * P).
+    batch = x[:16]
+    model.fit(batch, np.ones(16), epochs=1, batch_size=16, shuffle=False, verbose=0)
+    product = 0.9**4
+    expected = (0.9 * x.mean(axis=0) * (1 - product) + 0.1 * batch.mean(axis=0)) / (
+        1 - 0.9 * product
+    )
+    np.testing.assert_allclose(_np(bn.moving_mean), expected, rtol=1e-5)
+
+
+def test_renorm_layers_keep_moving_stddev_consistent():
+    bn = keras.layers.BatchNormalization(renorm=True)
+    model = keras.Sequential([keras.Input((2,)), bn])
+    x = np.random.default_rng(5).normal(size=(20, 2)).astype("float32") * 3
+    recalibrate_batchnorm(model, x)
+    np.testing.assert_allclose(
+        _np(bn.moving_stddev), np.sqrt(x.astype(np.float64).var(axis=0) + bn.epsilon), rtol=1e-5
+    )
+
+
+class _FailsOnThirdPass:
+    """Re-iterable data whose third pass (the second BN layer's) breaks."""
+
+    def __init__(self, x):
+        self.x, self.passes = x, 0
+
+    def __iter__(self):
+        self.passes += 1
+        if self.passes == 3:
+            raise OSError("disk gone")
+        return iter([self.x[:10], self.x[10:]])
+
+
+@pytest.mark.jax_compatible
+def test_a_failure_restores_every_statistic():
+    model = _stack_model()
+    _randomize_bn(model, np.random.default_rng(6))
+    before = [keras.ops.convert_to_numpy(w).copy() for w in model.weights]
+    with pytest.raises(OSError, match="disk gone"):
+        recalibrate_batchnorm(model, _FailsOnThirdPass(np.ones((20, 3), "float32")))
+    for old, new in zip(before, model.weights, strict=True):
+        np.testing.assert_array_equal(old, keras.ops.convert_to_numpy(new))
+
+
+@pytest.mark.jax_compatible
+def test_report_contents_and_table():
+    model = _stack_model()
+    rng = np.random.default_rng(7)
+    _randomize_bn(model, rng)
+    old_mean = _np(model.get_layer("bn1").moving_mean)
+    report = recalibrate_batchnorm(model, rng.normal(size=(30, 3)).astype("float32"))
+    assert isinstance(report, RecalibrationReport)
+    entry = report["bn1"]
+    np.testing.assert_array_equal(entry["old_mean"], old_mean)
+    np.testing.assert_allclose(
+        entry["new_mean"], _np(model.get_layer("bn1").moving_mean), rtol=1e-6
+    )
+    assert entry["mean_max_abs_change"] == pytest.approx(np.abs(entry["new_mean"] - old_mean).max())
+    assert entry["num_values"] == 30
+    text = str(report)
+    assert "30 samples in 1 batches" in text
+    assert "max|dmean|/std" in text and "bn1" in text and "bn2" in text
+    assert len(text.splitlines()) == 5  # title, header, rule, two layers
+
+
+@pytest.mark.jax_compatible
+@pytest.mark.parametrize(
+    ("data", "kwargs", "error", "match"),
+    [
+        (np.zeros((0, 3), "float32"), {}, ValueError, "0 samples"),
+        (iter([]), {}, ValueError, "no samples"),
+        ((np.zeros((0, 3)), np.zeros(0)), {}, ValueError, "0 samples"),
+        (np.ones((4, 3)), {"num_batches": 0}, ValueError, "num_batches"),
+        (np.ones((4, 3)), {"batch_size": 0}, ValueError, "batch_size"),
+        (np.ones((4, 3)), {"batch_size": 2.5}, TypeError, "batch_size"),
+        (np.float32(5), {}, ValueError, "batch dimension"),
+        (5, {}, TypeError, "must be a NumPy array"),
+        (object(), {}, TypeError, "must be a NumPy array"),
+    ],
+)
+def test_bad_inputs(data, kwargs, error, match):
+    with pytest.raises(error, match=match):
+        recalibrate_batchnorm(_stack_model(), data, **kwargs)
+
+
+def test_a_model_without_bn_is_an_error():
+    model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
+    with pytest.raises(ValueError, match="no batch normalization layer"):
+        recalibrate_batchnorm(model, np.ones((4, 2)))
