@@ -1,0 +1,640 @@
+"""Fold batch normalization into adjacent layers for inference.
+
+At inference a batch normalization layer is a fixed per-channel affine map,
+`y = s * x + t` with `s = gamma / sqrt(moving_variance + epsilon)` and
+`t = beta - moving_mean * s`. `fold_batchnorm` merges that map into the
+kernel and bias of a neighbouring `Dense` or `Conv1D`/`Conv2D`/`Conv3D` layer
+wherever the result is exact, and replaces every other BN layer with a
+`ChannelAffine` layer holding the same numbers. The folded model never
+contains a `BatchNormalization` layer and never computes anything different
+from `model(x, training=False)` beyond float32 round-off.
+
+The folded weights are computed in float64 NumPy and cast once to each
+layer's variable dtype.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections import Counter, defaultdict
+from dataclasses import dataclass
+from typing import Any
+
+import keras
+import numpy as np
+from keras import ops
+from keras.src.models.functional import Functional  # what keras.models.clone_model uses
+
+from keras_bn_tools.rewrite import batchnorm_layers
+
+__all__ = ["ChannelAffine", "FoldDecision", "fold_batchnorm", "plan_folding"]
+
+
+# --------------------------------------------------------------------------------------
+# The layer an unfoldable BN becomes
+# --------------------------------------------------------------------------------------
+
+
+@keras.saving.register_keras_serializable(package="keras_bn_tools")
+class ChannelAffine(keras.layers.Layer):
+    """A fixed per-channel affine map, `outputs = inputs * scale + offset`.
+
+    `scale` and `offset` are vectors along `axis`, broadcast over every other
+    axis. `fold_batchnorm` puts one where a batch normalization layer cannot
+    be merged into a neighbour; it computes exactly what that BN layer
+    computes at inference, with no notion of batch statistics.
+
+    Args:
+        axis: the channel axis (an integer, negative counts from the end).
+        **kwargs: base `keras.layers.Layer` arguments (`name`, `dtype`, ...).
+
+    Weights: `scale` (initialized to ones) and `offset` (zeros), each of shape
+    `(channels,)`.
+    """
+
+    def __init__(self, axis: int = -1, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        if isinstance(axis, bool) or not isinstance(axis, (int, np.integer)):
+            raise TypeError(f"`axis` must be an integer, got {axis!r} ({type(axis).__name__}).")
+        self.axis = int(axis)
+        self.supports_masking = True
+
+    def build(self, input_shape: tuple[int | None, ...]) -> None:
+        rank = len(input_shape)
+        if not -rank <= self.axis < rank:
+            raise ValueError(
+                f"`axis`={self.axis} is out of range for inputs of shape {tuple(input_shape)}."
+            )
+        channels = input_shape[self.axis]
+        if channels is None:
+            raise ValueError(
+                f"The channel axis {self.axis} of inputs of shape {tuple(input_shape)} "
+                "must have a known size."
+            )
+        self.scale = self.add_weight(name="scale", shape=(channels,), initializer="ones")
+        self.offset = self.add_weight(name="offset", shape=(channels,), initializer="zeros")
+        self.input_spec = keras.layers.InputSpec(ndim=rank, axes={self.axis: channels})
+
+    def call(self, inputs: Any, mask: Any = None) -> Any:
+        # `mask` passes through unchanged (`supports_masking`); accepting it lets the layer
+        # stand in for a BN call recorded with a mask argument.
+        del mask
+        rank = len(inputs.shape)
+        scale, offset = self.scale, self.offset
+        if self.axis % rank != rank - 1:
+            shape = [1] * rank
+            shape[self.axis] = -1
+            scale, offset = ops.reshape(scale, shape), ops.reshape(offset, shape)
+        return inputs * ops.cast(scale, inputs.dtype) + ops.cast(offset, inputs.dtype)
+
+    def compute_output_shape(self, input_shape: tuple[int | None, ...]) -> tuple[int | None, ...]:
+        return tuple(input_shape)
+
+    def get_config(self) -> dict[str, Any]:
+        return {**super().get_config(), "axis": self.axis}
+
+
+# --------------------------------------------------------------------------------------
+# Public entry points
+# --------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class FoldDecision:
+    """What `fold_batchnorm` does with one BN layer call.
+
+    Attributes:
+        layer: the BN layer's name; for a BN inside a nested model, the path of
+            model names, e.g. `"block_1/batch_normalization"`.
+        action: `"into_previous"` (merged into the linear layer that feeds it),
+            `"into_next"` (merged into the layer(s) it feeds, possibly through
+            pooling, dropout or flatten layers) or `"affine"` (kept as a
+            `ChannelAffine` layer with the same numbers).
+        into: names of the layers that absorbed it (empty for `"affine"`).
+        reason: for `"affine"`, why it could not be folded; else empty.
+    """
+
+    layer: str
+    action: str
+    into: tuple[str, ...] = ()
+    reason: str = ""
+
+
+def fold_batchnorm(model: keras.Model) -> keras.Model:
+    """Return a new inference model with batch normalization folded away.
+
+    Each BN layer is, at inference, the affine map `s * x + t` with
+    `s = gamma / sqrt(moving_variance + epsilon)`, `t = beta - moving_mean * s`
+    along its axis. It is merged, exactly, into:
+
+    - the preceding `Dense`/`Conv1D`/`Conv2D`/`Conv3D` when that layer has a
+      linear activation, feeds only this BN and has its output channels on
+      the BN axis (placement "before"): `w' = w * s`, `b' = b * s + t`;
+    - otherwise the following layer(s) (placement "after"): a `Dense` whose
+      input features are the BN axis (`W' = diag(s) W`, `b' = b + W^T t`), or
+      a `Conv1D`/`Conv2D`/`Conv3D` with `groups=1` that does no padding
+      (`padding="valid"` or a 1x1 kernel). The affine map is carried through
+      inference-time identities (dropout, noise), average pooling, max
+      pooling when every `s >= 0`, global pooling and `Flatten`.
+
+    A BN that fits neither case (before a padded convolution, before max
+    pooling with a negative scale, feeding several kinds of layers or the
+    model output, shared by several calls, ...) becomes a `ChannelAffine`
+    layer with the same numbers and the BN's name. `plan_folding(model)`
+    tells which case applies to each BN, and why.
+
+    Nested Sequential and functional models are folded recursively, each on
+    its own: a BN is never merged into a layer on the other side of a nested
+    model's boundary (a BN that ends a nested model becomes a
+    `ChannelAffine`). Subclassed models and other layers are copied from
+    their config with their weights, with a warning if a copied subclassed
+    model contains BN layers.
+
+    Both `keras.layers.BatchNormalization` and its subclasses (such as
+    `keras_bn_tools.layers.MomentumBatchNormalization`) are folded; each BN's
+    inference output is checked against the affine map read from its weights,
+    and a layer whose inference is not that map raises rather than being
+    folded wrongly.
+
+    Args:
+        model: a built `keras.Sequential` or functional `keras.Model`.
+
+    Returns:
+        A new model of the same kind (Sequential in, Sequential out; functional
+        in, functional out) with the same name and input signature, newly
+        created layers and weights, for inference only (`training=True` does
+        not bring batch statistics back). The input model is left untouched.
+
+    Raises:
+        TypeError: if `model` is not a `keras.Model`.
+        ValueError: if `model` is not built, is a subclassed model, or holds a
+            BN layer whose inference output cannot be read from its weights.
+
+    Warns:
+        UserWarning: if `model` has no BN layer (the result is then an
+            equivalent copy), or if BN layers sit inside layers that are copied
+            as they are.
+    """
+    _check_model(model)
+    if not batchnorm_layers(model):
+        warnings.warn(
+            f"Model {model.name!r} has no BatchNormalization layer; fold_batchnorm returns an "
+            "equivalent copy.",
+            UserWarning,
+            stacklevel=2,
+        )
+    return _fold_model(model, prefix="")
+
+
+def plan_folding(model: keras.Model) -> list[FoldDecision]:
+    """What `fold_batchnorm(model)` would do with each BN layer call, in call order.
+
+    Nested Sequential and functional models are included (their BN layers are
+    named by path). The model is not changed.
+
+    Args:
+        model: a built `keras.Sequential` or functional `keras.Model`.
+
+    Returns:
+        A list of `FoldDecision`.
+    """
+    _check_model(model)
+    return _analyse(_Graph(model), prefix="", nested=True).decisions
+
+
+# --------------------------------------------------------------------------------------
+# Model checks and the graph view
+# --------------------------------------------------------------------------------------
+
+_LINEAR_TYPES = (keras.layers.Dense, keras.layers.Conv1D, keras.layers.Conv2D, keras.layers.Conv3D)
+# Identities at inference: a per-channel affine map passes through unchanged.
+_INFERENCE_IDENTITIES = (
+    keras.layers.Dropout,
+    keras.layers.SpatialDropout1D,
+    keras.layers.SpatialDropout2D,
+    keras.layers.SpatialDropout3D,
+    keras.layers.GaussianDropout,
+    keras.layers.GaussianNoise,
+    keras.layers.AlphaDropout,
+    keras.layers.Identity,
+)
+_MAX_POOLS = (keras.layers.MaxPooling1D, keras.layers.MaxPooling2D, keras.layers.MaxPooling3D)
+# Average pooling weights sum to one (padded positions are not counted), so an
+# affine map commutes with it whatever the sign of the scale.
+_AVG_POOLS = (
+    keras.layers.AveragePooling1D,
+    keras.layers.AveragePooling2D,
+    keras.layers.AveragePooling3D,
+)
+_GLOBAL_MAX_POOLS = (
+    keras.layers.GlobalMaxPooling1D,
+    keras.layers.GlobalMaxPooling2D,
+    keras.layers.GlobalMaxPooling3D,
+)
+_GLOBAL_AVG_POOLS = (
+    keras.layers.GlobalAveragePooling1D,
+    keras.layers.GlobalAveragePooling2D,
+    keras.layers.GlobalAveragePooling3D,
+)
+
+
+def _is_graph_model(layer: Any) -> bool:
+    return isinstance(layer, (keras.Sequential, Functional))
+
+
+def _check_model(model: Any) -> None:
+    if not isinstance(model, keras.Model):
+        raise TypeError(
+            f"fold_batchnorm expects a keras.Model, got {model!r} ({type(model).__name__})."
+        )
+    if not _is_graph_model(model):
+        raise ValueError(
+            f"fold_batchnorm needs a keras.Sequential or functional model; {model.name!r} is a "
+            f"subclassed model ({type(model).__name__}) whose layer graph cannot be rewritten."
+        )
+    if isinstance(model, keras.Sequential) and (
+        not model.built or getattr(model, "_functional", None) is None
+    ):
+        raise ValueError(
+            f"Model {model.name!r} is not built, so its BN statistics and layer shapes are "
+            "unknown. Start it with keras.Input(shape), call model.build(input_shape) or call "
+            "it on data before fold_batchnorm."
+        )
+
+
+class _Graph:
+    """The call graph of a Sequential or functional model, in execution order."""
+
+    def __init__(self, model: keras.Model) -> None:
+        self.model = model
+        # A built Sequential keeps the functional graph of its layers (checked by _check_model).
+        functional = model._functional if isinstance(model, keras.Sequential) else model
+        self.functional = functional
+        self.nodes: list[Any] = []
+        for depth in sorted(functional._nodes_by_depth, reverse=True):
+            for node in functional._nodes_by_depth[depth]:
+                if node.operation is not None and not node.is_input:
+                    self.nodes.append(node)
+        self.producer: dict[int, Any] = {}
+        self.consumers: dict[int, list[Any]] = defaultdict(list)
+        for node in self.nodes:
+            for tensor in node.outputs:
+                self.producer[id(tensor)] = node
+            for tensor in node.input_tensors:
+                self.consumers[id(tensor)].append(node)
+        self.calls = Counter(id(node.operation) for node in self.nodes)
+        self.output_ids = {id(tensor) for tensor in functional.outputs}
+
+    def layers(self) -> list[keras.layers.Layer]:
+        """Every called layer once, in first-call order."""
+        seen: dict[int, keras.layers.Layer] = {}
+        for node in self.nodes:
+            seen.setdefault(id(node.operation), node.operation)
+        return list(seen.values())
+
+
+# --------------------------------------------------------------------------------------
+# Analysis: what happens to each BN
+# --------------------------------------------------------------------------------------
+
+
+@dataclass
+class _Pending:
+    """A per-channel affine map `s * x + t` along `axis` of a tensor of `shape`."""
+
+    scale: np.ndarray
+    offset: np.ndarray
+    axis: int
+    shape: tuple[int | None, ...]
+
+
+@dataclass
+class _Plan:
+    drop: set[int]  # ids of BN layers removed (folded)
+    affine: dict[int, tuple[np.ndarray, np.ndarray]]  # BN layer id -> (scale, offset)
+    fold_in: dict[int, tuple[np.ndarray, np.ndarray]]  # target id -> input-side (s, t)
+    fold_out: dict[int, tuple[np.ndarray, np.ndarray]]  # target id -> output-side (s, t)
+    decisions: list[FoldDecision]
+
+
+def _channel_axis(layer: keras.layers.Layer, rank: int) -> int:
+    return 1 if getattr(layer, "data_format", "channels_last") == "channels_first" else rank - 1
+
+
+def _is_plain(layer: keras.layers.Layer) -> bool:
+    """A Dense/Conv layer whose call is exactly `activation(x @ kernel + bias)`."""
+    return (
+        type(layer) in _LINEAR_TYPES
+        and getattr(layer, "quantization_mode", None) is None
+        and not getattr(layer, "lora_enabled", False)
+    )
+
+
+def _is_linear_activation(layer: keras.layers.Layer) -> bool:
+    return layer.activation is keras.activations.linear  # also what activation=None gives
+
+
+def _to_numpy(value: Any) -> np.ndarray:
+    # Through a tensor: NumPy's conversion of a variable itself is deprecated (TF and JAX).
+    return ops.convert_to_numpy(ops.convert_to_tensor(value))
+
+
+def _to_numpy64(value: Any) -> np.ndarray:
+    return np.asarray(_to_numpy(value), dtype=np.float64)
+
+
+def _bn_affine(layer: keras.layers.BatchNormalization) -> tuple[np.ndarray, np.ndarray]:
+    """`(s, t)` in float64 with `BN(x) == s * x + t` at inference."""
+    mean = _to_numpy64(layer.moving_mean)
+    variance = _to_numpy64(layer.moving_variance)
+    gamma = _to_numpy64(layer.gamma) if layer.scale else np.ones_like(mean)
+    beta = _to_numpy64(layer.beta) if layer.center else np.zeros_like(mean)
+    scale = gamma / np.sqrt(variance + float(layer.epsilon))
+    return scale, beta - mean * scale
+
+
+def _check_bn_affine(
+    layer: keras.layers.BatchNormalization,
+    scale: np.ndarray,
+    offset: np.ndarray,
+    shape: tuple[int | None, ...],
+    axis: int,
+) -> None:
+    """Raise if the layer's inference output on a probe is not `scale * x + offset`."""
+    # BN acts per channel, so one position per channel is enough: rows of zeros and ones.
+    broadcast = [1] * len(shape)
+    broadcast[axis] = -1
+    probe_shape = [1] * len(shape)
+    probe_shape[0], probe_shape[axis] = 2, len(scale)
+    probe = np.zeros(probe_shape, dtype="float32")
+    probe[1] = 1.0
+    got = _to_numpy64(layer(probe, training=False))
+    s, t = scale.reshape(broadcast), offset.reshape(broadcast)
+    eps = float(np.finfo(keras.backend.standardize_dtype(layer.compute_dtype)).eps)
+    tolerance = max(1e-5, 10 * eps) * (np.abs(probe * s) + np.abs(t) + 1.0)
+    if not np.all(np.abs(got - (probe * s + t)) <= tolerance):
+        raise ValueError(
+            f"Cannot fold {layer.name!r} ({type(layer).__name__}): its inference output is not "
+            "gamma * (x - moving_mean) / sqrt(moving_variance + epsilon) + beta as read from its "
+            "weights, so folding it would change the model."
+        )
+
+
+def _fold_in_reason(layer: keras.layers.Layer, graph: _Graph, pending: _Pending) -> str | None:
+    """None if `pending` (on the layer's input) can be merged into `layer`, else why not."""
+    rank = len(pending.shape)
+    name = f"{layer.name!r} ({type(layer).__name__})"
+    if graph.calls[id(layer)] > 1:
+        return f"{name} is called more than once"
+    if isinstance(layer, keras.layers.Dense):
+        if pending.axis != rank - 1:
+            return f"{name} contracts the last axis, not the BN axis {pending.axis}"
+        return None
+    if _channel_axis(layer, rank) != pending.axis:
+        return f"{name} has its channels on another axis than the BN axis {pending.axis}"
+    if layer.groups != 1:
+        return f"{name} is a grouped convolution"
+    if layer.padding != "valid" and any(k != 1 for k in layer.kernel_size):
+        return f"{name} pads its input (padding={layer.padding!r})"
+    return None
+
+
+def _push(
+    tensor: Any, pending: _Pending, graph: _Graph
+) -> tuple[list[tuple[keras.layers.Layer, _Pending]] | None, str]:
+    """Carry `pending` forward from `tensor` to layers that can absorb it.
+
+    Returns `(targets, "")` with each absorbing layer and the map it receives,
+    or `(None, reason)`.
+    """
+    if id(tensor) in graph.output_ids:
+        return None, "its output is a model output"
+    consumers = graph.consumers[id(tensor)]
+    if not consumers:
+        return None, "its output is not used"
+    targets: list[tuple[keras.layers.Layer, _Pending]] = []
+    for node in consumers:
+        layer = node.operation
+        several = len(node.input_tensors) != 1 or len(node.outputs) != 1
+        if _is_plain(layer):
+            reason = _fold_in_reason(layer, graph, pending)
+            if reason is None and several:
+                reason = f"{layer.name!r} ({type(layer).__name__}) is called on several tensors"
+            if reason is not None:
+                return None, reason
+            targets.append((layer, pending))
+            continue
+        moved, reason = _through(layer, pending, node.outputs[0].shape)
+        if moved is not None and several:
+            moved, reason = (
+                None,
+                f"{layer.name!r} ({type(layer).__name__}) is called on several tensors",
+            )
+        if moved is None:
+            return None, reason
+        found, reason = _push(node.outputs[0], moved, graph)
+        if found is None:
+            return None, reason
+        targets.extend(found)
+    return targets, ""
+
+
+def _through(
+    layer: keras.layers.Layer, pending: _Pending, out_shape: tuple[int | None, ...]
+) -> tuple[_Pending | None, str]:
+    """The map on `layer`'s output equivalent to `pending` on its input, or why none is."""
+    kind = type(layer)
+    name = f"{layer.name!r} ({kind.__name__})"
+    rank = len(pending.shape)
+    out_shape = tuple(out_shape)
+    if kind in _INFERENCE_IDENTITIES:
+        return _Pending(pending.scale, pending.offset, pending.axis, out_shape), ""
+    pools = _MAX_POOLS + _AVG_POOLS + _GLOBAL_MAX_POOLS + _GLOBAL_AVG_POOLS
+    if kind in pools:
+        if _channel_axis(layer, rank) != pending.axis:
+            return None, f"{name} pools along the BN axis {pending.axis}"
+        if kind in _MAX_POOLS + _GLOBAL_MAX_POOLS and np.any(pending.scale < 0):
+            return None, f"{name} is a max pooling and the BN has a negative scale"
+        axis = pending.axis if len(out_shape) == rank else len(out_shape) - 1
+        return _Pending(pending.scale, pending.offset, axis, out_shape), ""
+    if kind is keras.layers.Flatten:
+        features = pending.shape[1:]
+        if any(d is None for d in features):
+            return None, f"{name} flattens a tensor of unknown shape {pending.shape}"
+        broadcast = [1] * len(features)
+        broadcast[pending.axis - 1] = -1
+
+        def flat(vector: np.ndarray) -> np.ndarray:
+            full = np.broadcast_to(vector.reshape(broadcast), features)
+            if layer.data_format == "channels_first" and full.ndim > 1:
+                full = np.moveaxis(full, 0, -1)
+            return np.ascontiguousarray(full).reshape(-1)
+
+        return _Pending(flat(pending.scale), flat(pending.offset), 1, out_shape), ""
+    return None, f"it feeds {name}, which the BN map cannot be moved through"
+
+
+def _analyse(graph: _Graph, prefix: str, nested: bool = False) -> _Plan:
+    plan = _Plan(drop=set(), affine={}, fold_in={}, fold_out={}, decisions=[])
+    for node in graph.nodes:
+        layer = node.operation
+        if nested and _is_graph_model(layer):
+            plan.decisions.extend(
+                _analyse(_Graph(layer), f"{prefix}{layer.name}/", nested=True).decisions
+            )
+            continue
+        if not isinstance(layer, keras.layers.BatchNormalization):
+            continue
+        name = prefix + layer.name
+        # The input comes first; a second tensor can only be a mask, which BN ignores at
+        # inference (it only restricts the batch moments in training).
+        x = node.input_tensors[0]
+        shape = tuple(x.shape)
+        axis = layer.axis % len(shape)
+        scale, offset = _bn_affine(layer)
+        _check_bn_affine(layer, scale, offset, shape, axis)
+
+        if graph.calls[id(layer)] > 1:
+            reason = "the BN layer is called more than once"
+        else:
+            reason = ""
+            producer = graph.producer.get(id(x))
+            if (
+                producer is not None
+                and _is_plain(producer.operation)
+                and _is_linear_activation(producer.operation)
+                and graph.calls[id(producer.operation)] == 1
+                and len(graph.consumers[id(x)]) == 1
+                and id(x) not in graph.output_ids
+                and _channel_axis(producer.operation, len(shape)) == axis
+            ):
+                target = producer.operation
+                plan.fold_out[id(target)] = (scale, offset)
+                plan.drop.add(id(layer))
+                plan.decisions.append(FoldDecision(name, "into_previous", (prefix + target.name,)))
+                continue
+            targets, reason = _push(node.outputs[0], _Pending(scale, offset, axis, shape), graph)
+            if targets is not None:
+                for target, pending in targets:
+                    plan.fold_in[id(target)] = (pending.scale, pending.offset)
+                plan.drop.add(id(layer))
+                into = tuple(prefix + target.name for target, _ in targets)
+                plan.decisions.append(FoldDecision(name, "into_next", into))
+                continue
+        plan.affine[id(layer)] = (scale, offset)
+        plan.decisions.append(FoldDecision(name, "affine", (), reason))
+    return plan
+
+
+# --------------------------------------------------------------------------------------
+# Rewriting
+# --------------------------------------------------------------------------------------
+
+
+class _Drop:
+    """Marks a BN call that disappears: its output is its input."""
+
+
+def _folded_weights(
+    layer: keras.layers.Layer,
+    fold_in: tuple[np.ndarray, np.ndarray] | None,
+    fold_out: tuple[np.ndarray, np.ndarray] | None,
+) -> list[np.ndarray]:
+    """Kernel and bias of `layer` with the input-side and output-side maps merged in."""
+    kernel = _to_numpy64(layer.kernel)
+    bias = _to_numpy64(layer.bias) if layer.use_bias else np.zeros(kernel.shape[-1])
+    if fold_in is not None:
+        # kernel: (in, out) for Dense, (*window, in, out) for a convolution.
+        scale, offset = fold_in
+        bias = bias + np.tensordot(kernel, offset, axes=([kernel.ndim - 2], [0])).reshape(
+            -1, kernel.shape[-1]
+        ).sum(axis=0)
+        kernel = kernel * scale[:, None]
+    if fold_out is not None:
+        scale, offset = fold_out
+        kernel = kernel * scale
+        bias = bias * scale + offset
+    return [kernel, bias]
+
+
+def _copy_layer(layer: keras.layers.Layer) -> keras.layers.Layer:
+    try:
+        return layer.__class__.from_config(layer.get_config())
+    except Exception as error:
+        raise ValueError(
+            f"Cannot copy layer {layer.name!r} ({type(layer).__name__}) from its config "
+            f"({error}); give it a complete get_config()."
+        ) from error
+
+
+def _warn_opaque(layer: keras.layers.Layer, prefix: str) -> None:
+    if isinstance(layer, keras.Model) and batchnorm_layers(layer):
+        warnings.warn(
+            f"{prefix}{layer.name!r} is a subclassed model; its BN layers are copied unfolded.",
+            UserWarning,
+            stacklevel=4,
+        )
+
+
+def _fold_model(model: keras.Model, prefix: str) -> keras.Model:
+    graph = _Graph(model)
+    plan = _analyse(graph, prefix)
+    new_layers: dict[int, Any] = {}
+    weights: list[tuple[keras.layers.Layer, list[np.ndarray]]] = []
+
+    def replacement(layer: keras.layers.Layer) -> Any:
+        key = id(layer)
+        if key in new_layers:
+            return new_layers[key]
+        if key in plan.drop:
+            new: Any = _Drop()
+        elif key in plan.affine:
+            new = ChannelAffine(axis=layer.axis, name=layer.name, dtype=layer.dtype_policy)
+            weights.append((new, [*plan.affine[key]]))
+        elif _is_graph_model(layer):
+            new = _fold_model(layer, f"{prefix}{layer.name}/")
+        elif key in plan.fold_in or key in plan.fold_out:
+            config = layer.get_config()
+            config["use_bias"] = True
+            new = layer.__class__.from_config(config)
+            folded = _folded_weights(layer, plan.fold_in.get(key), plan.fold_out.get(key))
+            weights.append((new, folded))
+        else:
+            _warn_opaque(layer, prefix)
+            new = _copy_layer(layer)
+            if isinstance(layer, keras.layers.Layer):  # not a bare op such as keras.ops.add
+                weights.append((new, [_to_numpy(w) for w in layer.weights]))
+        new_layers[key] = new
+        return new
+
+    if isinstance(model, keras.Sequential):
+        source = model.inputs[0]
+        layers = [replacement(layer) for layer in model.layers]
+        new_model: keras.Model = keras.Sequential(
+            [
+                keras.Input(batch_shape=source.shape, dtype=source.dtype, name=source.name),
+                *(layer for layer in layers if not isinstance(layer, _Drop)),
+            ],
+            name=model.name,
+            trainable=model.trainable,
+        )
+    else:
+
+        def call(layer: Any, *args: Any, **kwargs: Any) -> Any:
+            if isinstance(layer, _Drop):
+                # The BN's single input tensor (checked by the analysis) passes through.
+                return next(
+                    value
+                    for value in keras.tree.flatten((args, kwargs))
+                    if isinstance(value, keras.KerasTensor)
+                )
+            return layer(*args, **kwargs)
+
+        new_model = keras.models.clone_model(model, clone_function=replacement, call_function=call)
+        new_model.trainable = model.trainable
+
+    for new, values in weights:
+        new.set_weights(
+            [np.asarray(v).astype(w.dtype) for v, w in zip(values, new.weights, strict=True)]
+        )
+    return new_model
