@@ -5,7 +5,8 @@ from __future__ import annotations
 import keras
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from _budget import layer_settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 from keras_bn_tools.testing import (
@@ -19,7 +20,7 @@ from keras_bn_tools.testing import (
 pytestmark = pytest.mark.jax_compatible
 
 
-@settings(max_examples=15)
+@layer_settings()
 @given(
     bn_configs(layer="keras"),
     st.integers(2, 4).flatmap(lambda ndim: batches(ndim=ndim, max_rows=8, max_side=3)),
@@ -31,7 +32,7 @@ def test_keras_batchnorm_passes_in_training_and_inference(config, x):
     assert_normalizes(layer, x, training=False)  # with the statistics just updated
 
 
-@settings(max_examples=10)
+@layer_settings()
 @given(bn_configs(layer="keras"), st.data())
 def test_keras_batchnorm_moving_statistics_pass(config, data):
     data = data.draw(_same_width_batches())
@@ -137,7 +138,7 @@ def test_momentum_batchnorm_passes_with_its_defaults_and_drawn_configs():
         reason="MomentumBatchNormalization is not in this checkout",
     )
 
-    @settings(max_examples=10)
+    @layer_settings()
     @given(bn_configs(), _same_width_batches())
     def check(config, data):
         layer = module.MomentumBatchNormalization(**config)

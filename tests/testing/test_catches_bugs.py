@@ -10,6 +10,7 @@ from __future__ import annotations
 import keras
 import numpy as np
 import pytest
+from _budget import layer_settings
 from hypothesis import assume, given
 from hypothesis import strategies as st
 from keras import ops
@@ -127,6 +128,7 @@ same_width_batches = st.integers(1, 4).flatmap(
 momenta = st.sampled_from([0.0, 0.1, 0.9, 0.99])
 
 
+@layer_settings()
 @given(st.integers(2, 4).flatmap(lambda ndim: batches(ndim=ndim, max_side=3)))
 def test_the_correct_toy_passes(x):
     layer = ToyBatchNorm(momentum=0.9)
@@ -134,11 +136,13 @@ def test_the_correct_toy_passes(x):
     assert_normalizes(layer, x, training=False)
 
 
+@layer_settings()
 @given(same_width_batches, momenta)
 def test_the_correct_toy_moving_statistics_pass(data, momentum):
     assert_moving_statistics(ToyBatchNorm(momentum=momentum), data)
 
 
+@layer_settings()
 @given(batches())
 def test_catches_epsilon_outside_the_square_root(x):
     # Noticeable whenever epsilon is not negligible against the variance; with
@@ -147,6 +151,7 @@ def test_catches_epsilon_outside_the_square_root(x):
         assert_normalizes(EpsilonOutsideSqrt(epsilon=0.1), x)
 
 
+@layer_settings()
 @given(batches())
 def test_catches_unbiased_variance(x):
     # At most 16 rows: the std is off by a factor sqrt((n-1)/n) <= 0.97.
@@ -154,6 +159,7 @@ def test_catches_unbiased_variance(x):
         assert_normalizes(UnbiasedVariance(epsilon=1e-5), x)
 
 
+@layer_settings()
 @given(batches())
 def test_catches_statistics_over_the_wrong_axis(x):
     bug = reference_batchnorm(x, axis=0)  # each row normalized over its features
@@ -162,6 +168,7 @@ def test_catches_statistics_over_the_wrong_axis(x):
         assert_normalizes(StatisticsPerSample(), x)
 
 
+@layer_settings()
 @given(batches(ndim=4, min_side=2, max_side=3, max_rows=6))
 def test_catches_images_normalized_per_position(x):
     per_position = (x - x.mean(axis=0)) / np.sqrt(x.var(axis=0) + 1e-3)
@@ -170,6 +177,7 @@ def test_catches_images_normalized_per_position(x):
         assert_normalizes(StatisticsOverBatchAxisOnly(), x)
 
 
+@layer_settings()
 @given(same_width_batches, momenta)
 def test_catches_momentum_the_wrong_way_round(data, momentum):
     right = reference_moving_statistics(data, momentum)
@@ -179,6 +187,7 @@ def test_catches_momentum_the_wrong_way_round(data, momentum):
         assert_moving_statistics(MomentumTheWrongWayRound(momentum=momentum), data)
 
 
+@layer_settings()
 @given(batches(), st.floats(-5.0, 5.0))
 def test_catches_batch_statistics_in_inference(x, shift):
     # After one training step on x, inference on x + shift must use the moving statistics.

@@ -5,7 +5,8 @@ from __future__ import annotations
 import keras
 import numpy as np
 import pytest
-from hypothesis import find, given, settings
+from _budget import layer_settings
+from hypothesis import find, given
 from hypothesis import strategies as st
 from hypothesis.errors import InvalidArgument
 
@@ -92,7 +93,7 @@ def test_batches_reject_impossible_arguments(kwargs):
         batches(**kwargs).example()
 
 
-@settings(max_examples=15)
+@layer_settings()
 @given(bn_configs(layer="keras"), batches())
 def test_keras_configs_construct_and_run_keras_bn(config, x):
     assert set(config) <= {
@@ -142,7 +143,7 @@ def test_momentum_configs_construct_the_layer():
         reason="MomentumBatchNormalization is not in this checkout",
     )
 
-    @settings(max_examples=8)
+    @layer_settings()
     @given(bn_configs(include_ghost=True), batches())
     def check(config, x):
         layer = module.MomentumBatchNormalization(**config)
