@@ -5,7 +5,7 @@ from __future__ import annotations
 import keras
 import numpy as np
 import pytest
-from _budget import layer_settings
+from _helpers import layer_settings, same_width_batches
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -35,7 +35,7 @@ def test_keras_batchnorm_passes_in_training_and_inference(config, x):
 @layer_settings()
 @given(bn_configs(layer="keras"), st.data())
 def test_keras_batchnorm_moving_statistics_pass(config, data):
-    data = data.draw(_same_width_batches())
+    data = data.draw(same_width_batches(3))
     assert_moving_statistics(keras.layers.BatchNormalization(**config), data)
 
 
@@ -123,15 +123,6 @@ def test_ghost_batches_get_the_grouping_independent_checks():
         assert_moving_statistics(layer, [x])
 
 
-def _same_width_batches(max_batches: int = 3):
-    """Lists of 1-`max_batches` batches that share their number of features."""
-    return st.integers(1, 4).flatmap(
-        lambda f: st.lists(
-            batches(min_features=f, max_features=f), min_size=1, max_size=max_batches
-        )
-    )
-
-
 def test_momentum_batchnorm_passes_with_its_defaults_and_drawn_configs():
     module = pytest.importorskip(
         "keras_bn_tools.layers.momentum_batch_normalization",
@@ -139,7 +130,7 @@ def test_momentum_batchnorm_passes_with_its_defaults_and_drawn_configs():
     )
 
     @layer_settings()
-    @given(bn_configs(), _same_width_batches())
+    @given(bn_configs(), same_width_batches(3))
     def check(config, data):
         layer = module.MomentumBatchNormalization(**config)
         assert_normalizes(layer, data[0])

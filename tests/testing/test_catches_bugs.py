@@ -10,7 +10,7 @@ from __future__ import annotations
 import keras
 import numpy as np
 import pytest
-from _budget import layer_settings
+from _helpers import layer_settings, same_width_batches
 from hypothesis import assume, given
 from hypothesis import strategies as st
 from keras import ops
@@ -122,9 +122,6 @@ class BatchStatisticsInInference(ToyBatchNorm):
         return super().call(x, training=True)
 
 
-same_width_batches = st.integers(1, 4).flatmap(
-    lambda f: st.lists(batches(min_features=f, max_features=f), min_size=1, max_size=4)
-)
 momenta = st.sampled_from([0.0, 0.1, 0.9, 0.99])
 
 
@@ -137,7 +134,7 @@ def test_the_correct_toy_passes(x):
 
 
 @layer_settings()
-@given(same_width_batches, momenta)
+@given(same_width_batches(), momenta)
 def test_the_correct_toy_moving_statistics_pass(data, momentum):
     assert_moving_statistics(ToyBatchNorm(momentum=momentum), data)
 
@@ -178,7 +175,7 @@ def test_catches_images_normalized_per_position(x):
 
 
 @layer_settings()
-@given(same_width_batches, momenta)
+@given(same_width_batches(), momenta)
 def test_catches_momentum_the_wrong_way_round(data, momentum):
     right = reference_moving_statistics(data, momentum)
     wrong = reference_moving_statistics(data, 1.0 - momentum)

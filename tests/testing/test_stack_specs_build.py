@@ -16,12 +16,16 @@ def _builder(kind: str):
     return getattr(builders, f"build_{kind}")
 
 
-@pytest.mark.parametrize("kind", ["mlp", "cnn", "lstm"])
-def test_specs_build_models_that_run(kind):
+@pytest.mark.parametrize(
+    ("kind", "placements"),
+    [("mlp", None), ("cnn", None), ("lstm", None), ("lstm", ("before",))],
+    ids=["mlp", "cnn", "lstm", "lstm-recurrent-bn"],
+)
+def test_specs_build_models_that_run(kind, placements):
     build = _builder(kind)
 
     @settings(max_examples=5)
-    @given(stack_specs(kind))
+    @given(stack_specs(kind, placements))
     def check(spec):
         model = build(**spec)
         input_shape = model.inputs[0].shape[1:]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import keras
 import numpy as np
 import pytest
-from _budget import layer_settings
+from _helpers import layer_settings
 from hypothesis import find, given
 from hypothesis import strategies as st
 from hypothesis.errors import InvalidArgument
