@@ -69,6 +69,12 @@ def _feature_index(flat_index: int, shape: tuple[int, ...]) -> Any:
     return int(index[0]) if len(index) == 1 else tuple(int(i) for i in index)
 
 
+def _ratio(error: np.ndarray, tol: np.ndarray) -> np.ndarray:
+    """`error / tol`, with a zero tolerance (atol=rtol=0) meaning exact: inf for any error."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(tol > 0, error / tol, np.where(error > 0, np.inf, 0.0))
+
+
 def _as_features_last(values: np.ndarray, axes: tuple[int, ...]) -> np.ndarray:
     """`values` as `(reduced, features)`: the feature axes moved last and flattened."""
     reduce = [i for i in range(values.ndim) if i not in axes]
@@ -145,7 +151,8 @@ def assert_normalizes(
     default_atol, default_rtol = default_tolerances(out_dtype)
     atol = default_atol if atol is None else float(atol)
     rtol = default_rtol if rtol is None else float(rtol)
-    y = _numpy(output)
+    returned = keras.ops.convert_to_numpy(output)
+    y = returned.astype(np.float64)
     name = _layer_name(layer)
     if y.shape != x.shape:
         raise AssertionError(
@@ -220,10 +227,14 @@ def assert_normalizes(
     mean_error = np.abs(actual_mean - expected_mean)
     # How far past its tolerance each feature is; > 1 fails.
     badness = np.maximum.reduce(
-        [mean_error / mean_tol, std_error / std_tol, element_error / element_tol]
+        [
+            _ratio(mean_error, mean_tol),
+            _ratio(std_error, std_tol),
+            _ratio(element_error, element_tol),
+        ]
     )
     if np.all(badness <= 1.0):
-        return keras.ops.convert_to_numpy(output)
+        return returned
 
     worst = int(np.argmax(badness))
     failing = [_feature_index(int(i), features_shape) for i in np.flatnonzero(badness > 1.0)]
@@ -371,7 +382,7 @@ def assert_moving_statistics(
             ok = _close(actual[k], expected[k], atol, rtol, scale)
             if ok.all():
                 continue
-            error = np.abs(actual[k] - expected[k]) / (atol + rtol * scale)
+            error = _ratio(np.abs(actual[k] - expected[k]), atol + rtol * scale)
             worst = int(np.argmax(error))
             rule = (
                 "unchanged: the layer is not trainable"
