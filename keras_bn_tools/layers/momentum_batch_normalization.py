@@ -546,73 +546,75 @@ class MomentumBatchNormalization(keras.layers.BatchNormalization):
 
     # ----------------------------------------------------------------- updates
 
-    def _update_weights(self, dtype):
-        """Weights (a, b) of `moving = moving * a + batch * b` for this step."""
+    def _update_weights(self, count, dtype):
+        """Weights (keep, take) of `moving = moving * keep + batch * take` for this step."""
         momentum, complement, cumulative = (ops.cast(v, dtype) for v in self._momentum_variables)
-        inverse_count = 1.0 / (ops.cast(self.num_batches_tracked, dtype) + 1.0)
+        inverse_count = 1.0 / (ops.cast(count, dtype) + 1.0)
         cumulative = ops.greater(cumulative, 0.5)
         keep = ops.where(cumulative, 1.0 - inverse_count, momentum)
         take = ops.where(cumulative, inverse_count, complement)
         return keep, take
+
+    @staticmethod
+    def _set(variable, value, finite, old=None):
+        """Assign `value`, or keep the old value when `finite` is False; return it."""
+        if finite is not None:
+            if old is None:
+                old = ops.cast(variable, value.dtype)
+            value = ops.where(finite, value, old)
+        variable.assign(value)
+        return value
+
+    def _blend(self, variable, value, keep, take, finite):
+        """`variable = variable * keep + value * take` (guarded by `finite`)."""
+        old = ops.cast(variable, value.dtype)
+        return self._set(variable, old * keep + value * take, finite, old)
 
     def _update_statistics(self, mean, variance):
         """Record the batch statistics and update every moving statistic."""
         self.batch_mean.assign(mean)
         self.batch_variance.assign(variance)
         dtype = mean.dtype
+        count = self.num_batches_tracked.value
+        finite = None
         if self.skip_nonfinite:
             finite = ops.logical_and(ops.all(ops.isfinite(mean)), ops.all(ops.isfinite(variance)))
+        keep, take = self._update_weights(count, dtype)
 
-            def assign(variable, value):
-                variable.assign(ops.where(finite, value, ops.cast(variable, dtype)))
-
-            increment = ops.cast(finite, self.num_batches_tracked.dtype)
-        else:
-
-            def assign(variable, value):
-                variable.assign(value)
-
-            increment = 1
-
-        keep, take = self._update_weights(dtype)
         if self.renorm:
             stddev = ops.sqrt(variance + self.epsilon)
-            renorm_momentum = self.renorm_momentum
+            renorm_keep = self.renorm_momentum
             for variable, value in ((self.renorm_mean, mean), (self.renorm_stddev, stddev)):
-                assign(
-                    variable,
-                    ops.cast(variable, dtype) * renorm_momentum + value * (1.0 - renorm_momentum),
-                )
+                self._blend(variable, value, renorm_keep, 1.0 - renorm_keep, finite)
             tracked = ((self.moving_mean, mean), (self.moving_stddev, stddev))
         else:
             tracked = ((self.moving_mean, mean), (self.moving_variance, variance))
 
-        new_values = []
         if self.debias:
-            product = ops.cast(self._momentum_product, dtype) * keep
-            correction = 1.0 - product
             accumulators = (self._biased_moving_mean, self._biased_moving_second)
+            product = ops.cast(self._momentum_product, dtype)
+            new_product = product * keep
+            correction = 1.0 - new_product
+            # False while every momentum so far was 1: nothing averaged yet.
+            averaged = ops.greater(correction, 0.0)
+            correction = ops.where(averaged, correction, 1.0)
+            new_values = []
             for accumulator, (variable, value) in zip(accumulators, tracked, strict=True):
-                biased = ops.cast(accumulator, dtype) * keep + value * take
-                assign(accumulator, biased)
-                # While every momentum so far was 1 nothing has been averaged yet.
-                new_values.append(
-                    ops.where(
-                        correction > 0.0,
-                        biased / ops.where(correction > 0.0, correction, 1.0),
-                        ops.cast(variable, dtype),
-                    )
-                )
-            assign(self._momentum_product, product)
+                biased = self._blend(accumulator, value, keep, take, finite)
+                old = ops.cast(variable, dtype)
+                debiased = ops.where(averaged, biased / correction, old)
+                new_values.append(self._set(variable, debiased, finite, old))
+            self._set(self._momentum_product, new_product, finite, product)
         else:
-            for variable, value in tracked:
-                new_values.append(ops.cast(variable, dtype) * keep + value * take)
-        for (variable, _), value in zip(tracked, new_values, strict=True):
-            assign(variable, value)
+            new_values = [
+                self._blend(variable, value, keep, take, finite) for variable, value in tracked
+            ]
         if self.renorm:
             # Derive the variance from the tracked stddev; relu guards round-off.
-            assign(self.moving_variance, ops.relu(ops.square(new_values[1]) - self.epsilon))
-        self.num_batches_tracked.assign(self.num_batches_tracked + increment)
+            variance_value = ops.relu(ops.square(new_values[1]) - self.epsilon)
+            self._set(self.moving_variance, variance_value, finite)
+        increment = 1 if finite is None else ops.cast(finite, count.dtype)
+        self.num_batches_tracked.assign(count + increment)
 
     # ------------------------------------------------------------------- state
 

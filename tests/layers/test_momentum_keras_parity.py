@@ -37,8 +37,9 @@ def parity_cases(draw):
         "scale": draw(st.booleans()),
     }
     seed = draw(st.integers(0, 2**32 - 1))
-    # Keras's masked moments expand the mask on the last axis: only rank >= 3 with axis -1.
-    use_mask = rank >= 3 and axis % rank == rank - 1 and draw(st.booleans())
+    # Keras's masked moments expand the mask on the last axis: only rank >= 3 with axis -1,
+    # and more than one feature (Keras squeezes a single feature's statistics to a scalar).
+    use_mask = rank >= 3 and axis % rank == rank - 1 and shape[-1] > 1 and draw(st.booleans())
     return shape, kwargs, seed, use_mask
 
 
