@@ -3,8 +3,8 @@
 At inference a batch normalization layer is a fixed per-channel affine map,
 `y = s * x + t` with `s = gamma / sqrt(moving_variance + epsilon)` and
 `t = beta - moving_mean * s`. `fold_batchnorm` merges that map into the
-kernel and bias of a neighbouring `Dense` or `Conv1D`/`Conv2D`/`Conv3D` layer
-wherever the result is exact, and replaces every other BN layer with a
+kernel and bias of a neighbouring `Dense` or convolution layer wherever the
+result is exact, and replaces every other BN layer with a
 `ChannelAffine` layer holding the same numbers. The folded model never
 contains a `BatchNormalization` layer and never computes anything different
 from `model(x, training=False)` beyond float32 round-off.
@@ -127,9 +127,10 @@ def fold_batchnorm(model: keras.Model) -> keras.Model:
     `s = gamma / sqrt(moving_variance + epsilon)`, `t = beta - moving_mean * s`
     along its axis. It is merged, exactly, into:
 
-    - the preceding `Dense`/`Conv1D`/`Conv2D`/`Conv3D` when that layer has a
-      linear activation, feeds only this BN and has its output channels on
-      the BN axis (placement "before"): `w' = w * s`, `b' = b * s + t`;
+    - the preceding `Dense`, `Conv1D`/`Conv2D`/`Conv3D`, `DepthwiseConv1D`/`2D`
+      or `SeparableConv1D`/`2D` when that layer has a linear activation, feeds
+      only this BN and has its output channels on the BN axis (placement
+      "before"): `w' = w * s`, `b' = b * s + t`;
     - otherwise the following layer(s) (placement "after"): a `Dense` whose
       input features are the BN axis (`W' = diag(s) W`, `b' = b + W^T t`), or
       a `Conv1D`/`Conv2D`/`Conv3D` with `groups=1` that does no padding
@@ -206,7 +207,11 @@ def plan_folding(model: keras.Model) -> list[FoldDecision]:
 # Model checks and the graph view
 # --------------------------------------------------------------------------------------
 
+# A BN folds into these from either side ...
 _LINEAR_TYPES = (keras.layers.Dense, keras.layers.Conv1D, keras.layers.Conv2D, keras.layers.Conv3D)
+# ... and into these only when it follows them (their output channels are plain).
+_DEPTHWISE_TYPES = (keras.layers.DepthwiseConv1D, keras.layers.DepthwiseConv2D)
+_SEPARABLE_TYPES = (keras.layers.SeparableConv1D, keras.layers.SeparableConv2D)
 # Identities at inference: a per-channel affine map passes through unchanged.
 _INFERENCE_IDENTITIES = (
     keras.layers.Dropout,
@@ -322,9 +327,9 @@ def _channel_axis(layer: keras.layers.Layer, rank: int) -> int:
 
 
 def _is_plain(layer: keras.layers.Layer) -> bool:
-    """A Dense/Conv layer whose call is exactly `activation(x @ kernel + bias)`."""
+    """A Dense/convolution layer whose call is exactly `activation(linear(x) + bias)`."""
     return (
-        type(layer) in _LINEAR_TYPES
+        type(layer) in _LINEAR_TYPES + _DEPTHWISE_TYPES + _SEPARABLE_TYPES
         and getattr(layer, "quantization_mode", None) is None
         and not getattr(layer, "lora_enabled", False)
     )
@@ -335,8 +340,8 @@ def _is_linear_activation(layer: keras.layers.Layer) -> bool:
 
 
 def _to_numpy(value: Any) -> np.ndarray:
-    # Through a tensor: NumPy's conversion of a variable itself is deprecated (TF and JAX).
-    return ops.convert_to_numpy(ops.convert_to_tensor(value))
+    # Through a tensor copy: NumPy's conversion of a variable warns on TF and on JAX.
+    return ops.convert_to_numpy(ops.copy(value))
 
 
 def _to_numpy64(value: Any) -> np.ndarray:
@@ -386,6 +391,8 @@ def _fold_in_reason(layer: keras.layers.Layer, graph: _Graph, pending: _Pending)
     name = f"{layer.name!r} ({type(layer).__name__})"
     if graph.calls[id(layer)] > 1:
         return f"{name} is called more than once"
+    if type(layer) not in _LINEAR_TYPES:
+        return f"{name} absorbs a BN only on its output side"
     if isinstance(layer, keras.layers.Dense):
         if pending.axis != rank - 1:
             return f"{name} contracts the last axis, not the BN axis {pending.axis}"
@@ -540,20 +547,29 @@ def _folded_weights(
     fold_in: tuple[np.ndarray, np.ndarray] | None,
     fold_out: tuple[np.ndarray, np.ndarray] | None,
 ) -> list[np.ndarray]:
-    """Kernel and bias of `layer` with the input-side and output-side maps merged in."""
-    kernel = _to_numpy64(layer.kernel)
-    bias = _to_numpy64(layer.bias) if layer.use_bias else np.zeros(kernel.shape[-1])
+    """The weights of `layer` with the input-side and output-side maps merged in.
+
+    `fold_in` only for Dense/Conv layers; a separable convolution's map goes into
+    its pointwise kernel, a depthwise convolution's into its (in, multiplier) pairs.
+    """
+    separable = type(layer) in _SEPARABLE_TYPES
+    kernel = _to_numpy64(layer.pointwise_kernel if separable else layer.kernel)
+    # kernel: (in, out) for Dense, (*window, in, out) for a convolution, (*window, in,
+    # multiplier) for a depthwise one, whose output channel c * multiplier + m.
+    depthwise = type(layer) in _DEPTHWISE_TYPES
+    channels = kernel.shape[-2] * kernel.shape[-1] if depthwise else kernel.shape[-1]
+    bias = _to_numpy64(layer.bias) if layer.use_bias else np.zeros(channels)
     if fold_in is not None:
-        # kernel: (in, out) for Dense, (*window, in, out) for a convolution.
         scale, offset = fold_in
-        bias = bias + np.tensordot(kernel, offset, axes=([kernel.ndim - 2], [0])).reshape(
-            -1, kernel.shape[-1]
-        ).sum(axis=0)
+        shifted = np.tensordot(kernel, offset, axes=([kernel.ndim - 2], [0]))
+        bias = bias + shifted.reshape(-1, kernel.shape[-1]).sum(axis=0)
         kernel = kernel * scale[:, None]
     if fold_out is not None:
         scale, offset = fold_out
-        kernel = kernel * scale
+        kernel = kernel * scale.reshape(kernel.shape[-2:] if depthwise else (-1,))
         bias = bias * scale + offset
+    if separable:
+        return [_to_numpy64(layer.depthwise_kernel), kernel, bias]
     return [kernel, bias]
 
 

@@ -86,11 +86,12 @@ _fewer_under_jax = (
 @given(
     spec=st.one_of(stack_specs("mlp", max_units=6), stack_specs("cnn", max_layers=2, max_side=8)),
     seed=st.integers(0, 2**32 - 1),
+    layer=st.sampled_from(["keras", "momentum"]),
 )
 @_fewer_under_jax
-def test_folded_builder_stacks_match_inference(spec, seed):
+def test_folded_builder_stacks_match_inference(spec, seed, layer):
     build = build_mlp if "input_dim" in spec else build_cnn
-    model = build(**spec)
+    model = build(**spec, bn_layer=momentum_bn if layer == "momentum" else None)
     randomize(model, seed)
     x = inputs_for(model, seed)
     if batchnorm_layers(model):
@@ -150,7 +151,7 @@ def test_cnn_after_keeps_unfoldable_bn_as_channel_affine():
     assert_same_outputs(model, folded, inputs_for(model, 2))
 
     bn = batchnorm_layers(model)[1]
-    bn.gamma.assign(-np.abs(keras.ops.convert_to_numpy(keras.ops.convert_to_tensor(bn.gamma))))
+    bn.gamma.assign(-np.abs(keras.ops.convert_to_numpy(keras.ops.copy(bn.gamma))))
     second = plan_folding(model)[1]
     assert second.action == "affine" and "negative scale" in second.reason
     folded = fold_batchnorm(model)
@@ -197,6 +198,46 @@ def test_weight_variants_and_moves():
     ]
     assert folded.layers[0].use_bias and folded.layers[-1].use_bias
     assert_same_outputs(model, folded, inputs_for(model, 4))
+
+
+@pytest.mark.jax_compatible
+def test_depthwise_and_separable_convolutions_absorb_the_bn_after_them():
+    model = keras.Sequential(
+        [
+            keras.Input((7, 7, 3)),
+            layers.DepthwiseConv2D(3, depth_multiplier=2, use_bias=False),
+            layers.BatchNormalization(),
+            layers.ReLU(6.0),
+            layers.SeparableConv2D(4, 3, padding="same", depth_multiplier=2),
+            layers.BatchNormalization(),
+            layers.Activation("relu"),
+            layers.GlobalAveragePooling2D(),
+            layers.BatchNormalization(),
+            layers.Dense(2),
+        ]
+    )
+    randomize(model, seed=41)
+    assert [(d.action, d.into) for d in plan_folding(model)] == [
+        ("into_previous", ("depthwise_conv2d",)),
+        ("into_previous", ("separable_conv2d",)),
+        ("into_next", ("dense",)),
+    ]
+    folded = fold_batchnorm(model)
+    assert ChannelAffine not in kinds(folded)
+    assert_same_outputs(model, folded, inputs_for(model, 12))
+
+
+def test_mobilenet_v2_folds_completely():
+    """A real functional network: residual Adds, ZeroPadding, ReLU6, depthwise convolutions."""
+    model = keras.applications.MobileNetV2(
+        input_shape=(32, 32, 3), alpha=0.35, weights=None, classes=3
+    )
+    randomize(model, seed=43)
+    decisions = plan_folding(model)
+    assert len(decisions) == 52 and {d.action for d in decisions} == {"into_previous"}
+    folded = fold_batchnorm(model)
+    assert not batchnorm_layers(folded) and ChannelAffine not in kinds(folded)
+    assert_same_outputs(model, folded, inputs_for(model, 13, batch=2))
 
 
 @pytest.mark.jax_compatible
