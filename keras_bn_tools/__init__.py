@@ -40,7 +40,18 @@ _LAZY_SUBMODULES = {
     "testing",
 }
 
-__all__ = ["Placement", "__version__", *_LAZY_ATTRIBUTES]
+__all__ = [
+    "MomentumBatchNormalization",
+    "Placement",
+    "__version__",
+    "batchnorm_layers",
+    "build_cnn",
+    "build_lstm",
+    "build_mlp",
+    "fold_batchnorm",
+    "insert_batchnorm",
+    "recalibrate_batchnorm",
+]
 
 if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
     from keras_bn_tools.builders import build_cnn, build_lstm, build_mlp
