@@ -8,9 +8,9 @@ import os
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("MPLBACKEND", "Agg")
 
-import keras  # noqa: E402
-import pytest  # noqa: E402
-from hypothesis import HealthCheck, settings  # noqa: E402
+import keras
+import pytest
+from hypothesis import HealthCheck, settings
 
 # "ci" bounds the number of examples so the whole suite stays fast on 2 cores;
 # "thorough" is for a local soak: HYPOTHESIS_PROFILE=thorough pytest.
