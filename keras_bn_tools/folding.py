@@ -271,10 +271,8 @@ class _Graph:
     """The call graph of a Sequential or functional model, in execution order."""
 
     def __init__(self, model: keras.Model) -> None:
-        self.model = model
         # A built Sequential keeps the functional graph of its layers (checked by _check_model).
         functional = model._functional if isinstance(model, keras.Sequential) else model
-        self.functional = functional
         self.nodes: list[Any] = []
         for depth in sorted(functional._nodes_by_depth, reverse=True):
             for node in functional._nodes_by_depth[depth]:
@@ -289,13 +287,6 @@ class _Graph:
                 self.consumers[id(tensor)].append(node)
         self.calls = Counter(id(node.operation) for node in self.nodes)
         self.output_ids = {id(tensor) for tensor in functional.outputs}
-
-    def layers(self) -> list[keras.layers.Layer]:
-        """Every called layer once, in first-call order."""
-        seen: dict[int, keras.layers.Layer] = {}
-        for node in self.nodes:
-            seen.setdefault(id(node.operation), node.operation)
-        return list(seen.values())
 
 
 # --------------------------------------------------------------------------------------
