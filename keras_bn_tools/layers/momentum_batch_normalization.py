@@ -120,7 +120,7 @@ class MomentumBatchNormalization(keras.layers.BatchNormalization):
       `None` mid-training treats the current moving statistics as the average
       of the batches seen so far; reset first for a clean average).
 
-    `momentum` is a Python property backed by float32 variables:
+    `momentum` is a Python property backed by non-trainable float32 variables:
     `layer.momentum = 0.9` (or `None`) after `compile()`, between `fit()`
     calls or from a callback, takes effect on the next training step of the
     already-compiled model, without retracing. On the JAX backend, `fit()`
@@ -161,7 +161,9 @@ class MomentumBatchNormalization(keras.layers.BatchNormalization):
             zero and `moving_mean`/`moving_variance` hold
             `EMA / (1 - prod(momenta))` (`1 - momentum**t` for a constant
             momentum), so inference is sound from the first step (after one
-            step they equal that batch's statistics).
+            step they equal that batch's statistics). The correction
+            `1 - prod(momenta)` is kept as the same moving average of ones
+            (no cancellation for a momentum close to 1).
         virtual_batch_size: ghost batch normalization: in training, the batch
             is split into consecutive groups of `virtual_batch_size` samples,
             each normalized with its own statistics; a last, smaller group
@@ -330,7 +332,11 @@ class MomentumBatchNormalization(keras.layers.BatchNormalization):
         if self.renorm and getattr(self, "renorm_mean", None) is None:
             self._build_renorm_variables(shape)
 
-        def state(name: str, initializer: Any, shape: tuple[int, ...] = (), dtype: str = "float32"):
+        # float32 state (float64 in a float64 layer), whatever the dtype policy, so that
+        # the momentum constants are exactly those keras.layers.BatchNormalization uses.
+        float_dtype = "float64" if self.variable_dtype == "float64" else "float32"
+
+        def state(name: str, initializer: Any, shape: tuple[int, ...] = (), dtype=float_dtype):
             return self.add_weight(
                 shape=shape,
                 name=name,
@@ -340,8 +346,12 @@ class MomentumBatchNormalization(keras.layers.BatchNormalization):
                 autocast=False,
             )
 
+        def exactly(number: float):
+            # keras.initializers.Constant would round through float32 first.
+            return lambda shape, dtype=None: np.full(shape, number, dtype=dtype)
+
         self._momentum_variables = tuple(
-            state(name, keras.initializers.Constant(number))
+            state(name, exactly(number))
             for name, number in zip(
                 ("momentum", "momentum_complement", "cumulative"),
                 self._momentum_numbers(self._momentum_value),
@@ -356,7 +366,7 @@ class MomentumBatchNormalization(keras.layers.BatchNormalization):
             second = "stddev" if self.renorm else "variance"
             self._biased_moving_mean = state("biased_moving_mean", "zeros", shape)
             self._biased_moving_second = state(f"biased_moving_{second}", "zeros", shape)
-            self._momentum_product = state("momentum_product", "ones")
+            self._bias_correction = state("bias_correction", "zeros")
 
     def _build_renorm_variables(self, shape: tuple[int, ...]) -> None:
         """Batch renorm state as in Keras >= 3.10 (for older Keras releases)."""
@@ -592,9 +602,10 @@ class MomentumBatchNormalization(keras.layers.BatchNormalization):
 
         if self.debias:
             accumulators = (self._biased_moving_mean, self._biased_moving_second)
-            product = ops.cast(self._momentum_product, dtype)
-            new_product = product * keep
-            correction = 1.0 - new_product
+            # 1 - prod(momenta) = the moving average of ones, started at 0.
+            old_correction = ops.cast(self._bias_correction, dtype)
+            correction = old_correction * keep + take
+            self._set(self._bias_correction, correction, finite, old_correction)
             # False while every momentum so far was 1: nothing averaged yet.
             averaged = ops.greater(correction, 0.0)
             correction = ops.where(averaged, correction, 1.0)
@@ -604,7 +615,6 @@ class MomentumBatchNormalization(keras.layers.BatchNormalization):
                 old = ops.cast(variable, dtype)
                 debiased = ops.where(averaged, biased / correction, old)
                 new_values.append(self._set(variable, debiased, finite, old))
-            self._set(self._momentum_product, new_product, finite, product)
         else:
             new_values = [
                 self._blend(variable, value, keep, take, finite) for variable, value in tracked
@@ -623,7 +633,7 @@ class MomentumBatchNormalization(keras.layers.BatchNormalization):
 
         `moving_mean`/`moving_variance` go back to their initializers (zeros
         and ones by default), `num_batches_tracked` to 0, the debias
-        accumulators to 0 (and their momentum product to 1) and the renorm
+        accumulators and their bias correction to 0 and the renorm
         statistics to their initial values. `batch_mean`/`batch_variance`
         keep describing the last batch seen. Does nothing on an unbuilt layer.
         """
@@ -631,8 +641,8 @@ class MomentumBatchNormalization(keras.layers.BatchNormalization):
             return
         self._check_attached("the moving statistics")
         shape = tuple(self.moving_mean.shape)
-        mean = self.moving_mean_initializer(shape, dtype="float32")
-        variance = self.moving_variance_initializer(shape, dtype="float32")
+        mean = self.moving_mean_initializer(shape, dtype=self.moving_mean.dtype)
+        variance = self.moving_variance_initializer(shape, dtype=self.moving_variance.dtype)
         self.moving_mean.assign(mean)
         self.moving_variance.assign(variance)
         if self.renorm:
@@ -642,7 +652,7 @@ class MomentumBatchNormalization(keras.layers.BatchNormalization):
         if self.debias:
             self._biased_moving_mean.assign(ops.zeros(shape))
             self._biased_moving_second.assign(ops.zeros(shape))
-            self._momentum_product.assign(1.0)
+            self._bias_correction.assign(0.0)
         self.num_batches_tracked.assign(0)
 
     def load_own_variables(self, store) -> None:

@@ -220,3 +220,28 @@ def test_renorm_matches_keras_renorm():
         np.testing.assert_array_equal(read(ours(x, training=True)), read(theirs(x, training=True)))
     for name in ("moving_mean", "moving_variance", "moving_stddev", "renorm_mean", "renorm_stddev"):
         np.testing.assert_array_equal(read(getattr(ours, name)), read(getattr(theirs, name)))
+
+
+@pytest.mark.jax_compatible
+@pytest.mark.parametrize("dtype", ["float64", "bfloat16"])
+def test_other_dtype_policies_match_keras_bn(dtype):
+    rng = np.random.default_rng(5)
+    ours = MomentumBatchNormalization(dtype=dtype)
+    theirs = keras.layers.BatchNormalization(dtype=dtype)
+    for _ in range(3):
+        x = rng.normal(2.0, 3.0, size=(16, 3)).astype(dtype if dtype == "float64" else "float32")
+        np.testing.assert_array_equal(read(ours(x, training=True)), read(theirs(x, training=True)))
+    for name in ("moving_mean", "moving_variance"):
+        assert getattr(ours, name).dtype == getattr(theirs, name).dtype
+        np.testing.assert_array_equal(read(getattr(ours, name)), read(getattr(theirs, name)))
+
+
+def test_synchronized_outside_a_strategy_matches_keras_bn():
+    if keras.backend.backend() != "tensorflow":
+        pytest.skip("synchronized=True is TensorFlow-only in Keras")
+    x = np.random.default_rng(6).normal(1.0, 2.0, size=(16, 3)).astype("float32")
+    ours = MomentumBatchNormalization(synchronized=True)
+    theirs = keras.layers.BatchNormalization(synchronized=True)
+    for _ in range(2):
+        np.testing.assert_array_equal(read(ours(x, training=True)), read(theirs(x, training=True)))
+    np.testing.assert_array_equal(read(ours.moving_variance), read(theirs.moving_variance))
