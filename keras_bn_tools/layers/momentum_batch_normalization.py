@@ -628,6 +628,47 @@ class MomentumBatchNormalization(keras.layers.BatchNormalization):
 
     # ------------------------------------------------------------------- state
 
+    def set_moving_statistics(self, mean: Any, variance: Any) -> None:
+        """Replace the moving statistics, keeping the layer's hidden state consistent.
+
+        Writes `moving_mean` and `moving_variance` (e.g. exact population
+        statistics from a recalibration). With `renorm=True`, `moving_stddev`
+        becomes `sqrt(variance + epsilon)`, from which training derives the
+        variance. With `debias=True`, the raw averages are rescaled so that
+        training continues as if the new statistics had been the published
+        values all along (when nothing has been averaged yet, they count as a
+        full average).
+
+        Args:
+            mean: per-feature means, shape `(features,)`.
+            variance: per-feature variances, shape `(features,)`.
+        """
+        self._check_attached("the moving statistics")
+        dtype = self.moving_mean.dtype
+        mean = ops.cast(ops.reshape(mean, self.moving_mean.shape), dtype)
+        variance = ops.cast(ops.reshape(variance, self.moving_variance.shape), dtype)
+        self.moving_mean.assign(mean)
+        self.moving_variance.assign(variance)
+        second = variance
+        if self.renorm:
+            second = ops.sqrt(variance + self.epsilon)
+            self.moving_stddev.assign(second)
+        if self.debias:
+            correction = ops.cast(self._bias_correction, dtype)
+            correction = ops.where(ops.greater(correction, 0.0), correction, 1.0)
+            self._bias_correction.assign(correction)
+            self._biased_moving_mean.assign(mean * correction)
+            self._biased_moving_second.assign(second * correction)
+
+    @property
+    def _momentum_product(self):
+        """`prod(momenta)` of the debias correction; read-only.
+
+        Kept for code written against an earlier draft of this layer; new code
+        should call `set_moving_statistics`.
+        """
+        return 1.0 - ops.convert_to_tensor(self._bias_correction)
+
     def reset_moving_statistics(self) -> None:
         """Restart the moving statistics from their initial values.
 

@@ -335,3 +335,35 @@ def test_changing_momentum_while_jax_fit_holds_the_state_raises_a_clear_error():
     x = np.zeros((16, 3), "float32")
     with pytest.raises(RuntimeError, match="jax_state_sync"):
         model.fit(x, x, batch_size=8, verbose=0, callbacks=[Unsynced()])
+
+
+@pytest.mark.jax_compatible
+@pytest.mark.parametrize("options", [{}, {"debias": True}, {"debias": True, "renorm": True}])
+def test_set_moving_statistics_keeps_the_hidden_state_consistent(options):
+    rng = np.random.default_rng(7)
+    batches = [rng.normal(i, 2.0, size=(8, 3)).astype("float32") for i in range(3)]
+    layer = MomentumBatchNormalization(momentum=0.9, **options)
+    train(layer, batches[:2])
+    mean, variance = np.array([1.0, 2.0, 3.0]), np.array([0.5, 1.0, 4.0])
+    layer.set_moving_statistics(mean, variance)
+    np.testing.assert_array_equal(read(layer.moving_mean), mean.astype("float32"))
+    np.testing.assert_array_equal(read(layer.moving_variance), variance.astype("float32"))
+    if layer.renorm:
+        np.testing.assert_allclose(read(layer.moving_stddev), np.sqrt(variance + EPS), rtol=1e-6)
+    # One more step continues from the new statistics: with debias, the raw average
+    # weight so far is 1 - 0.9**2, so the new batch enters with 0.1 / (1 - 0.9**3).
+    train(layer, batches[2:])
+    batch_mean = batches[2].mean(axis=0)
+    take = 0.1 / (1 - 0.9**3) if layer.debias else 0.1
+    expected = mean + take * (batch_mean - mean)
+    np.testing.assert_allclose(read(layer.moving_mean), expected, rtol=1e-5)
+
+
+@pytest.mark.jax_compatible
+def test_set_moving_statistics_before_any_step_counts_as_a_full_average():
+    layer = MomentumBatchNormalization(momentum=0.5, debias=True)
+    layer.build((None, 2))
+    layer.set_moving_statistics([4.0, 4.0], [1.0, 1.0])
+    x = np.array([[0.0, 1.0], [2.0, 3.0]], "float32")
+    layer(x, training=True)
+    np.testing.assert_allclose(read(layer.moving_mean), [2.5, 3.0], rtol=1e-6)
