@@ -108,7 +108,7 @@ class _Batches:
         if data is None or (hasattr(data, "shape") and len(data.shape) == 0):
             raise ValueError(f"`data` must hold a batch dimension; got {data!r}.")
         x = data
-        if isinstance(data, (tuple, list)) and not _is_tf_dataset(data):
+        if isinstance(data, (tuple, list)):
             x = _inputs_of(data)
         leaves = keras.tree.flatten(x) if isinstance(x, (dict, tuple, list)) else [x]
         if leaves and all(_is_array(leaf) for leaf in leaves):
@@ -467,7 +467,9 @@ def recalibrate_batchnorm(
 
     Raises:
         ValueError: if `model` has no BN layer, `data` yields no samples, or
-            `num_batches`/`batch_size` is not a positive integer.
+            `num_batches`/`batch_size` is below 1.
+        TypeError: if `data` is of an unsupported type, or `num_batches` /
+            `batch_size` is not an integer.
     """
     num_batches = check_positive_int("num_batches", num_batches, allow_none=True)
     batch_size = check_positive_int("batch_size", batch_size)

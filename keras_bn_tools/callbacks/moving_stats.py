@@ -23,6 +23,7 @@ into the same `MovingStatsLog` the tracker keeps in memory.
 from __future__ import annotations
 
 import json
+import numbers
 import os
 import warnings
 from collections.abc import Callable, Iterable, Sequence
@@ -31,7 +32,6 @@ from typing import Any
 import keras
 import numpy as np
 
-from keras_bn_tools._validation import check_positive_int
 from keras_bn_tools.recalibration import layer_keys
 from keras_bn_tools.rewrite import batchnorm_layers
 
@@ -191,13 +191,14 @@ class MovingStatsLog:
 
 
 def _parse_every(every: Any) -> str | int:
-    if isinstance(every, str):
-        if every != "epoch":
-            raise ValueError(
-                f'`every` must be "epoch" or a positive integer (batches), got {every!r}.'
-            )
+    if isinstance(every, str) and every == "epoch":
         return every
-    return check_positive_int("every", every)
+    if isinstance(every, (str, bool)) or not isinstance(every, numbers.Integral):
+        error = ValueError if isinstance(every, str) else TypeError
+        raise error(f'`every` must be "epoch" or a positive integer (batches), got {every!r}.')
+    if every < 1:
+        raise ValueError(f'`every` must be "epoch" or a positive integer (batches), got {every!r}.')
+    return int(every)
 
 
 def _parse_stats(stats: Any) -> tuple[str, ...]:
