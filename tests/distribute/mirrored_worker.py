@@ -20,6 +20,7 @@ must reproduce, computed in this same process:
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 import traceback
@@ -138,7 +139,8 @@ def run_layer_case(strategy, factory, kwargs, batches, probe, out, prefix):
     slice_layers = []
     for ref_name, rows in references.items():
         layer = _make_layer(factory, kwargs)
-        slice_layers.append(layer)
+        if ref_name != "full":
+            slice_layers.append(layer)
         step_out, step_states = [], {n: [] for n in names}
         for batch in batches:
             step_out.append(keras.ops.convert_to_numpy(layer(batch[rows], training=True)))
@@ -153,7 +155,7 @@ def run_layer_case(strategy, factory, kwargs, batches, probe, out, prefix):
     averaged = _make_layer(factory, kwargs)
     for target, *sources in zip(
         averaged.non_trainable_variables,
-        *(layer.non_trainable_variables for layer in slice_layers[1:]),
+        *(layer.non_trainable_variables for layer in slice_layers),
         strict=True,
     ):
         mean = np.mean([keras.ops.convert_to_numpy(v) for v in sources], axis=0)
@@ -202,16 +204,12 @@ def run_fit_case(strategy, bn_kwargs, x, y, out, prefix, tracked=False):
             # 0.9 in the first epoch, then 0.5: set from a callback, between steps.
             scheduler = MomentumScheduler(lambda epoch: 0.9 if epoch == 0 else 0.5)
             callbacks += [scheduler, trackers[name]]
-        if name == "dist":
-            with strategy.scope():
-                _fit(model, x, y, callbacks)
-        else:
+        with strategy.scope() if name == "dist" else contextlib.nullcontext():
             _fit(model, x, y, callbacks)
         for i, weight in enumerate(model.get_weights()):
             out[f"{prefix}/{name}/weight{i}"] = weight
         bn = model.layers[1]
-        for variable in bn.non_trainable_variables:
-            short = variable.path.rsplit("/", 1)[-1]
+        for short, variable in zip(_state_names(bn), bn.non_trainable_variables, strict=True):
             out[f"{prefix}/{name}/replicas/{short}"] = _components(variable)
     if tracked:
         for name, tracker in trackers.items():
