@@ -46,12 +46,19 @@ def _randomize_bn(model, rng):
         layer.moving_variance.assign(rng.uniform(0.1, 3.0, shape).astype("float32"))
 
 
-def _assert_population(layer, h, rtol=1e-4):
+def _assert_population(layer, h, rtol=1e-4, conditioning=1.0):
+    """The layer's statistics are h's mean and population variance.
+
+    `conditioning` scales the absolute tolerance for an input computed through
+    an earlier BN layer: its float32 round-off is amplified by up to
+    1 / sqrt(epsilon) where a feature's variance is (near) zero.
+    """
     h = np.asarray(h, np.float64)
     scale = np.abs(h).max() + 1.0
-    np.testing.assert_allclose(_np(layer.moving_mean), h.mean(axis=0), rtol=rtol, atol=1e-6 * scale)
+    atol = 1e-6 * conditioning
+    np.testing.assert_allclose(_np(layer.moving_mean), h.mean(axis=0), rtol=rtol, atol=atol * scale)
     np.testing.assert_allclose(
-        _np(layer.moving_variance), h.var(axis=0), rtol=rtol, atol=1e-6 * scale**2
+        _np(layer.moving_variance), h.var(axis=0), rtol=rtol, atol=atol * scale**2
     )
 
 
@@ -76,7 +83,9 @@ def _fresh_stack():
     seed=st.integers(0, 2**16),
 )
 def test_two_stacked_bn_layers_match_numpy_layer_by_layer(x, batch_size, seed):
-    model = _STACK.setdefault("model", _stack_model())
+    if "model" not in _STACK:
+        _STACK["model"] = _stack_model()
+    model = _STACK["model"]
     rng = np.random.default_rng(seed)
     _randomize_bn(model, rng)
     d1, bn1, d2, bn2 = (model.get_layer(n) for n in ("d1", "bn1", "d2", "bn2"))
@@ -90,7 +99,7 @@ def test_two_stacked_bn_layers_match_numpy_layer_by_layer(x, batch_size, seed):
     _assert_population(bn1, h1)
     w2, b2 = (_np(w) for w in d2.weights)
     h2 = _bn_numpy(bn1, h1) @ w2 + b2  # uses BN1's *new* statistics
-    _assert_population(bn2, h2)
+    _assert_population(bn2, h2, conditioning=1 / np.sqrt(EPS))
 
     # Trainable weights are bit-identical; only the moving statistics changed.
     for old, new in zip(trainable, model.trainable_weights, strict=True):

@@ -80,6 +80,9 @@ def test_epoch_records_start_with_the_initial_snapshot(circles, circles_model):
     assert not np.array_equal(record["moving_mean"][1], record["moving_mean"][0])
 
 
+_SHARED: dict[str, keras.Model] = {}
+
+
 @pytest.mark.jax_compatible
 @given(
     every=st.integers(1, 9),
@@ -88,14 +91,14 @@ def test_epoch_records_start_with_the_initial_snapshot(circles, circles_model):
 )
 def test_every_n_batches_matches_hand_read_values(every, epochs, batch_size):
     # One model for every example: fit() reuses its compiled step per batch size.
-    global _MODEL
-    if "_MODEL" not in globals() or _MODEL is None:
-        _MODEL = _two_bn_functional()
+    if "model" not in _SHARED:
+        _SHARED["model"] = _two_bn_functional()
+    model = _SHARED["model"]
     x = np.random.default_rng(every).normal(size=(64, 3)).astype("float32")
     y = x.sum(axis=1, keepdims=True)
     tracker = MovingStatsTracker(every=every)
     reader = HandReader()
-    _MODEL.fit(x, y, epochs=epochs, batch_size=batch_size, verbose=0, callbacks=[tracker, reader])
+    model.fit(x, y, epochs=epochs, batch_size=batch_size, verbose=0, callbacks=[tracker, reader])
 
     steps_per_epoch = 64 // batch_size
     expected = [(step, values) for step, values in reader.records if step % every == 0]
@@ -104,7 +107,7 @@ def test_every_n_batches_matches_hand_read_values(every, epochs, batch_size):
     np.testing.assert_array_equal(
         tracker.epochs, [max(step - 1, 0) // steps_per_epoch for step, _ in expected]
     )
-    for key, layer in zip(tracker.history, batchnorm_layers(_MODEL), strict=True):
+    for key, layer in zip(tracker.history, batchnorm_layers(model), strict=True):
         for stat, recorded in tracker.history[key].items():
             np.testing.assert_array_equal(
                 recorded, np.stack([values[layer.name][stat] for _, values in expected])
@@ -113,10 +116,9 @@ def test_every_n_batches_matches_hand_read_values(every, epochs, batch_size):
 
 @pytest.fixture(autouse=True)
 def _forget_shared_model():
-    global _MODEL
-    _MODEL = None
+    _SHARED.clear()
     yield
-    _MODEL = None
+    _SHARED.clear()
 
 
 @pytest.mark.jax_compatible
