@@ -75,9 +75,6 @@ class RecalibrateBatchNorm(keras.callbacks.Callback):
             )
 
     def _recalibrate(self) -> None:
-        sync = getattr(self.model, "jax_state_sync", None)
-        if sync is not None:
-            sync()
         self.report = recalibrate_batchnorm(self.model, self._batches)
         self.reports.append(self.report)
         if self.verbose:
