@@ -304,6 +304,22 @@ class MomentumBatchNormalization(keras.layers.BatchNormalization):
 
     # ------------------------------------------------------------------- build
 
+    def add_weight(self, *args: Any, **kwargs: Any) -> keras.Variable:
+        """Keras's `add_weight`, with replica aggregation for non-trainable state.
+
+        Every non-trainable variable (the moving statistics created by
+        Keras's `build` included) is averaged across replicas when a replica
+        updates it (`"mean"`, as in tf.keras 2; integers take the first
+        replica's value), so that under `tf.distribute` without
+        `synchronized=True` the replicas' copies stay equal instead of each
+        following its own slice. Outside a strategy this changes nothing.
+        """
+        if not kwargs.get("trainable", True) and kwargs.get("aggregation", "none") == "none":
+            dtype = keras.backend.standardize_dtype(kwargs.get("dtype") or self.variable_dtype)
+            integer = "int" in dtype
+            kwargs["aggregation"] = "only_first_replica" if integer else "mean"
+        return super().add_weight(*args, **kwargs)
+
     def build(self, input_shape: tuple[int | None, ...]) -> None:
         input_shape = tuple(input_shape)
         rank = len(input_shape)

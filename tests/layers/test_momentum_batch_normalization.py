@@ -434,3 +434,15 @@ def test_keras_file_round_trip_restores_every_variable(tmp_path):
     model.train_on_batch(x, x[:, :1])
     loaded.train_on_batch(x, x[:, :1])
     np.testing.assert_allclose(model.predict_on_batch(x), loaded.predict_on_batch(x), rtol=1e-6)
+
+
+@pytest.mark.jax_compatible
+def test_non_trainable_state_is_averaged_across_replicas():
+    # Under tf.distribute without synchronized=True, replica updates are averaged (as
+    # in tf.keras 2) so that the copies stay equal; tests/distribute runs it for real.
+    layer = MomentumBatchNormalization(debias=True, renorm=True)
+    layer.build((None, 3))
+    assert {v.aggregation for v in layer.trainable_variables} == {"none"}
+    for variable in layer.non_trainable_variables:
+        expected = "only_first_replica" if variable.name == "num_batches_tracked" else "mean"
+        assert variable.aggregation == expected, variable.path
