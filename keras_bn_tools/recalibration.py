@@ -390,13 +390,12 @@ def _assign(variable: Any, value: np.ndarray) -> None:
     variable.assign(np.asarray(value, dtype=keras.backend.standardize_dtype(variable.dtype)))
 
 
-def _debias_accumulators(layer: keras.layers.Layer) -> list[Any]:
-    """`MomentumBatchNormalization(debias=True)`'s raw EMAs and momentum product, if any."""
-    names = ("_biased_moving_mean", "_biased_moving_second", "_momentum_product")
+def _hidden_state(layer: keras.layers.Layer) -> list[Any]:
+    """`MomentumBatchNormalization(debias=True)`'s raw averages and bias correction."""
     if not getattr(layer, "debias", False):
         return []
-    found = [getattr(layer, name, None) for name in names]
-    return [] if any(v is None for v in found) else found
+    names = ("_biased_moving_mean", "_biased_moving_second", "_bias_correction")
+    return [getattr(layer, name) for name in names if getattr(layer, name, None) is not None]
 
 
 def _statistic_variables(layer: keras.layers.Layer) -> list[Any]:
@@ -404,26 +403,21 @@ def _statistic_variables(layer: keras.layers.Layer) -> list[Any]:
     found = [layer.moving_mean, layer.moving_variance]
     if getattr(layer, "renorm", False) and getattr(layer, "moving_stddev", None) is not None:
         found.append(layer.moving_stddev)
-    return found + _debias_accumulators(layer)[:2]
+    return found + _hidden_state(layer)
 
 
 def _set_statistics(layer: keras.layers.Layer, mean: np.ndarray, variance: np.ndarray) -> None:
+    # MomentumBatchNormalization keeps hidden state (debias averages, renorm
+    # stddev) that must agree with the published statistics; it knows how.
+    if hasattr(layer, "set_moving_statistics"):
+        layer.set_moving_statistics(mean, variance)
+        return
     _assign(layer.moving_mean, mean)
     _assign(layer.moving_variance, variance)
-    second = variance
-    # Batch renormalization derives moving_variance from moving_stddev at each
-    # training step; keep the two consistent.
+    # Keras's batch renormalization derives moving_variance from moving_stddev
+    # at each training step; keep the two consistent.
     if getattr(layer, "renorm", False) and getattr(layer, "moving_stddev", None) is not None:
-        second = np.sqrt(variance + layer.epsilon)
-        _assign(layer.moving_stddev, second)
-    # With debias, the layer publishes raw EMA / (1 - prod(momenta)); rescale the
-    # raw EMAs so that further training continues from the new statistics.
-    accumulators = _debias_accumulators(layer)
-    if accumulators:
-        biased_mean, biased_second, product = accumulators
-        weight = 1.0 - float(keras.ops.convert_to_numpy(product))
-        _assign(biased_mean, mean * weight)
-        _assign(biased_second, second * weight)
+        _assign(layer.moving_stddev, np.sqrt(variance + layer.epsilon))
 
 
 def recalibrate_batchnorm(

@@ -676,15 +676,6 @@ class MomentumBatchNormalization(keras.layers.BatchNormalization):
             self._biased_moving_mean.assign(mean * correction)
             self._biased_moving_second.assign(second * correction)
 
-    @property
-    def _momentum_product(self):
-        """`prod(momenta)` of the debias correction; read-only.
-
-        Kept for code written against an earlier draft of this layer; new code
-        should call `set_moving_statistics`.
-        """
-        return 1.0 - ops.convert_to_tensor(self._bias_correction)
-
     def reset_moving_statistics(self) -> None:
         """Restart the moving statistics from their initial values.
 
