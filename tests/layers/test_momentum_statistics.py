@@ -325,7 +325,7 @@ def test_changing_momentum_does_not_retrace_a_tf_function():
 
 def test_changing_momentum_while_jax_fit_holds_the_state_raises_a_clear_error():
     if keras.backend.backend() != "jax":
-        pytest.skip("the JAX trainer detaches variables during an epoch")
+        pytest.skip("JAX only: its trainer detaches the variables during an epoch")
 
     class Unsynced(keras.callbacks.Callback):
         def on_train_batch_end(self, batch, logs=None):
