@@ -51,6 +51,19 @@ _positive_int = _int_at_least(1, "a positive integer")
 _non_negative_int = _int_at_least(0, "an integer >= 0")
 
 
+def _add_configs_argument(parser: argparse.ArgumentParser, verb: str) -> None:
+    from keras_bn_tools.studies.circles import CONFIGS, DEFAULT_CONFIGS
+
+    parser.add_argument(
+        "--configs",
+        nargs="+",
+        metavar="NAME",
+        default=list(DEFAULT_CONFIGS),
+        choices=[*CONFIGS, "all"],
+        help=f"configs to {verb}, or 'all' (default: {' '.join(DEFAULT_CONFIGS)})",
+    )
+
+
 def _config_names() -> list[str]:
     # The study module imports NumPy only at import time: no TensorFlow for --help.
     from keras_bn_tools.studies.circles import CONFIGS
@@ -60,7 +73,7 @@ def _config_names() -> list[str]:
 
 def _build_parser() -> argparse.ArgumentParser:
     from keras_bn_tools import __version__
-    from keras_bn_tools.studies.circles import CONFIGS, DEFAULT_CONFIGS, SHUFFLES
+    from keras_bn_tools.studies.circles import CONFIGS, SHUFFLES
 
     parser = argparse.ArgumentParser(
         prog=PROG,
@@ -84,14 +97,7 @@ def _build_parser() -> argparse.ArgumentParser:
         ),
         epilog=f"Configs: {config_help}.",
     )
-    circles.add_argument(
-        "--configs",
-        nargs="+",
-        metavar="NAME",
-        default=list(DEFAULT_CONFIGS),
-        choices=[*CONFIGS, "all"],
-        help=f"configs to run, or 'all' (default: {' '.join(DEFAULT_CONFIGS)})",
-    )
+    _add_configs_argument(circles, "run")
     circles.add_argument(
         "--seeds",
         type=_positive_int,
@@ -149,14 +155,7 @@ def _build_parser() -> argparse.ArgumentParser:
         help="print the Keras model summary of each circles config",
         description="Print the layers of each circles config's model (Keras model.summary).",
     )
-    summary.add_argument(
-        "--configs",
-        nargs="+",
-        metavar="NAME",
-        default=list(DEFAULT_CONFIGS),
-        choices=[*CONFIGS, "all"],
-        help=f"configs to show, or 'all' (default: {' '.join(DEFAULT_CONFIGS)})",
-    )
+    _add_configs_argument(summary, "show")
     summary.set_defaults(handler=_run_summary)
     return parser
 

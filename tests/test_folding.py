@@ -10,6 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from keras import layers
+from model_helpers import all_layers
 
 from keras_bn_tools import batchnorm_layers, build_cnn, build_mlp, fold_batchnorm
 from keras_bn_tools.folding import ChannelAffine, FoldDecision, plan_folding
@@ -30,19 +31,10 @@ def randomize(model: keras.Model, seed: int, negative_gammas: bool = True) -> No
             layer.gamma.assign(sign * rng.uniform(0.25, 2.0, channels))
         if layer.center:
             layer.beta.assign(rng.normal(0.0, 0.5, channels))
-    for layer in _all_layers(model):
+    for layer in all_layers(model):
         bias = getattr(layer, "bias", None)
         if isinstance(layer, (layers.Dense, layers.Conv1D, layers.Conv2D)) and bias is not None:
             layer.bias.assign(rng.normal(0.0, 0.3, bias.shape))
-
-
-def _all_layers(model: keras.Model) -> list[keras.layers.Layer]:
-    found = []
-    for layer in model.layers:
-        found.append(layer)
-        if isinstance(layer, keras.Model):
-            found += _all_layers(layer)
-    return found
 
 
 def predict(model: keras.Model, x: np.ndarray, **kwargs) -> np.ndarray:
@@ -57,7 +49,7 @@ def assert_same_outputs(model: keras.Model, folded: keras.Model, x: np.ndarray) 
 
 
 def kinds(model: keras.Model) -> list[type]:
-    return [type(layer) for layer in _all_layers(model)]
+    return [type(layer) for layer in all_layers(model)]
 
 
 def inputs_for(model: keras.Model, seed: int, batch: int = 3) -> np.ndarray:

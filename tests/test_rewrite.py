@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from model_helpers import all_layers
 
 from keras_bn_tools import Placement, batchnorm_layers, insert_batchnorm
 
@@ -30,16 +31,6 @@ def make_identity(bns) -> None:
         bn.beta.assign(np.zeros(bn.beta.shape))
         bn.moving_mean.assign(np.zeros(bn.moving_mean.shape))
         bn.moving_variance.assign(np.full(bn.moving_variance.shape, 1.0 - bn.epsilon))
-
-
-def all_layers(model: keras.Model) -> list[keras.layers.Layer]:
-    """Every layer of `model`, nested models and their layers included."""
-    found = []
-    for layer in model.layers:
-        found.append(layer)
-        if isinstance(layer, keras.Model):
-            found += all_layers(layer)
-    return found
 
 
 def snapshot(model: keras.Model) -> list[np.ndarray]:
