@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from keras_bn_tools import Placement, batchnorm_layers, build_cnn, build_lstm, build_mlp
 
-pytestmark = pytest.mark.jax_compatible
+pytestmark = pytest.mark.backend_agnostic
 
 BN = "BatchNormalization"
 placements = st.sampled_from(["none", "after", "before", Placement.AFTER, "BEFORE"])

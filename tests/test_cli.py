@@ -23,7 +23,7 @@ def _listing(path: Path) -> list[str]:
 # --------------------------------------------------------------------------- help
 
 
-@pytest.mark.jax_compatible
+@pytest.mark.backend_agnostic
 def test_help(capsys):
     assert cli.main(["--help"]) == 0
     out = capsys.readouterr().out
@@ -35,7 +35,7 @@ def test_help(capsys):
     assert "bn-after-no-affine" in out  # the configs are listed
 
 
-@pytest.mark.jax_compatible
+@pytest.mark.backend_agnostic
 def test_version(capsys):
     from keras_bn_tools import __version__
 
@@ -43,7 +43,7 @@ def test_version(capsys):
     assert __version__ in capsys.readouterr().out
 
 
-@pytest.mark.jax_compatible
+@pytest.mark.backend_agnostic
 def test_help_runs_as_a_module_without_tensorflow():
     code = (
         "import sys\n"
@@ -72,7 +72,7 @@ def test_console_script():
 # --------------------------------------------------------------------------- bad input
 
 
-@pytest.mark.jax_compatible
+@pytest.mark.backend_agnostic
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
@@ -98,7 +98,7 @@ def test_bad_arguments_exit_2(argv, message, capsys, tmp_path, monkeypatch):
     assert _listing(tmp_path) == []  # nothing written
 
 
-@pytest.mark.jax_compatible
+@pytest.mark.backend_agnostic
 def test_out_is_a_file(capsys, tmp_path):
     target = tmp_path / "results.txt"
     target.write_text("keep me")
@@ -109,7 +109,7 @@ def test_out_is_a_file(capsys, tmp_path):
     assert _listing(tmp_path) == ["results.txt"]
 
 
-@pytest.mark.jax_compatible
+@pytest.mark.backend_agnostic
 def test_out_below_a_file(capsys, tmp_path):
     (tmp_path / "file").write_text("")
     out = tmp_path / "file" / "sub" / "dir"
@@ -119,7 +119,7 @@ def test_out_below_a_file(capsys, tmp_path):
     assert _listing(tmp_path) == ["file"]
 
 
-@pytest.mark.jax_compatible
+@pytest.mark.backend_agnostic
 @pytest.mark.skipif(
     not hasattr(os, "geteuid") or os.geteuid() == 0, reason="root can write anywhere"
 )

@@ -74,7 +74,7 @@ _fewer_under_jax = (
 )
 
 
-@pytest.mark.jax_compatible
+@pytest.mark.backend_agnostic
 @given(
     spec=st.one_of(stack_specs("mlp", max_units=6), stack_specs("cnn", max_layers=2, max_side=8)),
     seed=st.integers(0, 2**32 - 1),
@@ -105,7 +105,7 @@ def test_folded_builder_stacks_match_inference(spec, seed, layer):
         assert n_affine == 0, decisions
 
 
-@pytest.mark.jax_compatible
+@pytest.mark.backend_agnostic
 def test_mlp_before_and_after_fold_completely():
     for bn in ("before", "after"):
         model = build_mlp(3, (5, 4), bn=bn, input_bn=True, output_activation="linear")
@@ -120,7 +120,7 @@ def test_mlp_before_and_after_fold_completely():
         assert folded.name == model.name
 
 
-@pytest.mark.jax_compatible
+@pytest.mark.backend_agnostic
 def test_cnn_before_folds_into_convolutions():
     model = build_cnn((6, 6, 2), (3, 4), bn="before", dense_units=(5,), output_activation="linear")
     randomize(model, seed=3)
@@ -130,7 +130,7 @@ def test_cnn_before_folds_into_convolutions():
     assert_same_outputs(model, folded, inputs_for(model, 1))
 
 
-@pytest.mark.jax_compatible
+@pytest.mark.backend_agnostic
 def test_cnn_after_keeps_unfoldable_bn_as_channel_affine():
     # Conv(relu) -> BN -> Conv(padding="same"): not foldable (padding) -> ChannelAffine.
     # Conv(relu) -> BN -> MaxPooling -> Flatten -> Dense: foldable only if every scale >= 0.
@@ -154,7 +154,7 @@ def test_cnn_after_keeps_unfoldable_bn_as_channel_affine():
 # ------------------------------------------------------------------- hand-built cases
 
 
-@pytest.mark.jax_compatible
+@pytest.mark.backend_agnostic
 def test_weight_variants_and_moves():
     """use_bias=False, center/scale=False, Conv1D, dropout, average pooling, valid conv."""
     model = keras.Sequential(
@@ -192,7 +192,7 @@ def test_weight_variants_and_moves():
     assert_same_outputs(model, folded, inputs_for(model, 4))
 
 
-@pytest.mark.jax_compatible
+@pytest.mark.backend_agnostic
 def test_depthwise_and_separable_convolutions_absorb_the_bn_after_them():
     model = keras.Sequential(
         [
@@ -232,7 +232,7 @@ def test_mobilenet_v2_folds_completely():
     assert_same_outputs(model, folded, inputs_for(model, 13, batch=2))
 
 
-@pytest.mark.jax_compatible
+@pytest.mark.backend_agnostic
 def test_flatten_permutation_is_tiled_exactly():
     for data_format in ("channels_last", "channels_first"):
         model = keras.Sequential(
@@ -250,7 +250,7 @@ def test_flatten_permutation_is_tiled_exactly():
         assert_same_outputs(model, folded, inputs_for(model, 5))
 
 
-@pytest.mark.jax_compatible
+@pytest.mark.backend_agnostic
 def test_functional_branches():
     inputs = keras.Input((5,), name="features")
     h = layers.Dense(4, name="shared_trunk")(inputs)
@@ -277,7 +277,7 @@ def test_functional_branches():
     assert_same_outputs(model, folded, inputs_for(model, 6))
 
 
-@pytest.mark.jax_compatible
+@pytest.mark.backend_agnostic
 def test_bn_feeding_the_output_or_a_shared_layer_stays_affine():
     inputs = keras.Input((3,))
     shared = layers.Dense(3)
@@ -298,7 +298,7 @@ def test_bn_feeding_the_output_or_a_shared_layer_stays_affine():
         )
 
 
-@pytest.mark.jax_compatible
+@pytest.mark.backend_agnostic
 def test_nested_models_fold_recursively():
     inner = build_mlp(
         4, (3,), bn="before", output_units=2, output_activation="linear", name="inner"
@@ -319,7 +319,7 @@ def test_nested_models_fold_recursively():
     assert_same_outputs(model, folded, inputs_for(model, 8))
 
 
-@pytest.mark.jax_compatible
+@pytest.mark.backend_agnostic
 def test_input_model_is_untouched_and_copy_is_independent():
     model = build_mlp(3, (4,), bn="after", input_bn=True)
     randomize(model, seed=29)
@@ -332,7 +332,7 @@ def test_input_model_is_untouched_and_copy_is_independent():
     assert not {id(w) for w in folded.weights} & {id(w) for w in model.weights}
 
 
-@pytest.mark.jax_compatible
+@pytest.mark.backend_agnostic
 def test_no_bn_gives_equivalent_copy_with_warning():
     model = build_mlp(3, (4, 2), bn="none")
     with pytest.warns(UserWarning, match="no BatchNormalization"):
@@ -343,7 +343,7 @@ def test_no_bn_gives_equivalent_copy_with_warning():
     np.testing.assert_array_equal(predict(folded, x), predict(model, x))
 
 
-@pytest.mark.jax_compatible
+@pytest.mark.backend_agnostic
 def test_bad_models_raise():
     unbuilt = keras.Sequential([layers.Dense(2), layers.BatchNormalization()])
     with pytest.raises(ValueError, match="not built"):
@@ -365,7 +365,7 @@ def test_bad_models_raise():
         fold_batchnorm(subclassed)
 
 
-@pytest.mark.jax_compatible
+@pytest.mark.backend_agnostic
 def test_bn_with_other_inference_semantics_is_refused():
     class ShiftedBN(layers.BatchNormalization):
         def call(self, inputs, training=None, mask=None):
@@ -379,7 +379,7 @@ def test_bn_with_other_inference_semantics_is_refused():
 # ------------------------------------------------- MomentumBatchNormalization, saving
 
 
-@pytest.mark.jax_compatible
+@pytest.mark.backend_agnostic
 def test_momentum_bn_folds_and_folded_model_round_trips(tmp_path):
     model = build_cnn((4, 4, 2), (2, 3), bn="after", dense_units=(3,), bn_layer=momentum_bn)
     assert all(
@@ -398,7 +398,7 @@ def test_momentum_bn_folds_and_folded_model_round_trips(tmp_path):
     np.testing.assert_array_equal(predict(loaded, x), predict(folded, x))
 
 
-@pytest.mark.jax_compatible
+@pytest.mark.backend_agnostic
 def test_channel_affine_layer():
     layer = ChannelAffine(axis=1)
     x = np.arange(12, dtype="float32").reshape(2, 3, 2)

@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 from keras_bn_tools import Placement, build_mlp, insert_batchnorm
 from keras_bn_tools.placement import parse_placement
 
-pytestmark = pytest.mark.jax_compatible
+pytestmark = pytest.mark.backend_agnostic
 
 VALID = [p.value for p in Placement]
 

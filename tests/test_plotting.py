@@ -30,7 +30,7 @@ def _run(rng, epochs, start=0.5):
     return {"accuracy": list(acc), "val_accuracy": list(acc - 0.02), "loss": list(1 - acc)}
 
 
-@pytest.mark.jax_compatible
+@pytest.mark.backend_agnostic
 def test_learning_curves_average_runs_per_label(tmp_path):
     rng = np.random.default_rng(0)
     history = keras.callbacks.History()
@@ -55,7 +55,7 @@ def test_learning_curves_average_runs_per_label(tmp_path):
     assert figure.get_suptitle() == "circles"
 
 
-@pytest.mark.jax_compatible
+@pytest.mark.backend_agnostic
 @pytest.mark.parametrize("band", ["sd", "se", "minmax", None])
 def test_learning_curve_bands_and_a_single_history(band):
     rng = np.random.default_rng(1)
@@ -75,7 +75,7 @@ def test_learning_curve_errors():
         plot_learning_curves(42)
 
 
-@pytest.mark.jax_compatible
+@pytest.mark.backend_agnostic
 def test_moving_stats_one_axes_per_layer_and_stat(tmp_path):
     model = keras.Sequential(
         [

@@ -72,7 +72,7 @@ def _fresh_stack():
     _STACK.clear()
 
 
-@pytest.mark.jax_compatible
+@pytest.mark.backend_agnostic
 @given(
     x=hnp.arrays(
         np.float32,
@@ -113,7 +113,7 @@ def test_two_stacked_bn_layers_match_numpy_layer_by_layer(x, batch_size, seed):
     assert report.num_batches == -(-len(x) // batch_size)
 
 
-@pytest.mark.jax_compatible
+@pytest.mark.backend_agnostic
 def test_variance_is_stable_for_large_offsets():
     rng = np.random.default_rng(0)
     x = (1e4 + rng.normal(size=(1000, 2)) * [1.0, 0.01]).astype("float32")
@@ -164,7 +164,7 @@ def test_every_data_form_gives_the_same_statistics():
             np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6, err_msg=name)
 
 
-@pytest.mark.jax_compatible
+@pytest.mark.backend_agnostic
 def test_num_batches_limits_the_samples_used():
     x = np.arange(60, dtype="float32").reshape(30, 2)
     bn = keras.layers.BatchNormalization()
@@ -188,7 +188,7 @@ class _SwappedOrder(keras.Model):
         return self.bn_late(self.dense(self.bn_early(x, training=training)), training=training)
 
 
-@pytest.mark.jax_compatible
+@pytest.mark.backend_agnostic
 def test_layers_are_recalibrated_in_call_order_not_declaration_order():
     rng = np.random.default_rng(2)
     x = (rng.normal(size=(40, 2)) * 3 + 5).astype("float32")
@@ -204,7 +204,7 @@ def test_layers_are_recalibrated_in_call_order_not_declaration_order():
     )
 
 
-@pytest.mark.jax_compatible
+@pytest.mark.backend_agnostic
 def test_nested_shared_and_masked_layers():
     rng = np.random.default_rng(3)
     # A BN shared by two branches gets the statistics of both inputs together.
@@ -273,7 +273,7 @@ class _FailsOnThirdPass:
         return iter([self.x[:10], self.x[10:]])
 
 
-@pytest.mark.jax_compatible
+@pytest.mark.backend_agnostic
 def test_a_failure_restores_every_statistic():
     model = _stack_model()
     _randomize_bn(model, np.random.default_rng(6))
@@ -284,7 +284,7 @@ def test_a_failure_restores_every_statistic():
         np.testing.assert_array_equal(old, keras.ops.convert_to_numpy(new))
 
 
-@pytest.mark.jax_compatible
+@pytest.mark.backend_agnostic
 def test_report_contents_and_table():
     model = _stack_model()
     rng = np.random.default_rng(7)
@@ -305,7 +305,7 @@ def test_report_contents_and_table():
     assert len(text.splitlines()) == 5  # title, header, rule, two layers
 
 
-@pytest.mark.jax_compatible
+@pytest.mark.backend_agnostic
 @pytest.mark.parametrize(
     ("data", "kwargs", "error", "match"),
     [

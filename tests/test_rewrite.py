@@ -11,7 +11,7 @@ from model_helpers import all_layers
 
 from keras_bn_tools import Placement, batchnorm_layers, insert_batchnorm
 
-pytestmark = pytest.mark.jax_compatible
+pytestmark = pytest.mark.backend_agnostic
 
 BN = "BatchNormalization"
 ACTIVATIONS = ["relu", "tanh", "sigmoid", "linear"]

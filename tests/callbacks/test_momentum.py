@@ -43,7 +43,7 @@ def _data():
     return x, x.sum(axis=1, keepdims=True)
 
 
-@pytest.mark.jax_compatible
+@pytest.mark.backend_agnostic
 def test_momentum_zero_then_099_follows_the_ema_formula():
     model, bn = _bn_first_model()
     x, y = _data()
@@ -85,7 +85,7 @@ def test_momentum_zero_then_099_follows_the_ema_formula():
     assert slow < 0.05 * fast
 
 
-@pytest.mark.jax_compatible
+@pytest.mark.backend_agnostic
 def test_none_gives_the_cumulative_average_of_every_batch():
     model, bn = _bn_first_model(momentum=0.9)
     x, y = _data()
@@ -106,7 +106,7 @@ def test_none_gives_the_cumulative_average_of_every_batch():
     )
 
 
-@pytest.mark.jax_compatible
+@pytest.mark.backend_agnostic
 def test_only_momentum_layers_are_scheduled_in_nested_models():
     inner = keras.Sequential(
         [keras.Input((4,)), MomentumBatchNormalization(momentum=0.9, name="inner_mbn")],

@@ -57,7 +57,7 @@ def _two_bn_functional() -> keras.Model:
     return model
 
 
-@pytest.mark.jax_compatible
+@pytest.mark.backend_agnostic
 def test_epoch_records_start_with_the_initial_snapshot(circles, circles_model):
     (x, y), _ = circles
     tracker = MovingStatsTracker()
@@ -83,7 +83,7 @@ def test_epoch_records_start_with_the_initial_snapshot(circles, circles_model):
 _SHARED: dict[str, keras.Model] = {}
 
 
-@pytest.mark.jax_compatible
+@pytest.mark.backend_agnostic
 @given(
     every=st.integers(1, 9),
     epochs=st.integers(1, 2),
@@ -121,7 +121,7 @@ def _forget_shared_model():
     _SHARED.clear()
 
 
-@pytest.mark.jax_compatible
+@pytest.mark.backend_agnostic
 def test_nested_layers_missing_stats_and_layer_filter():
     model = _two_bn_functional()
     inner_bn = batchnorm_layers(model)[1].name
@@ -139,7 +139,7 @@ def test_nested_layers_missing_stats_and_layer_filter():
     assert only.history[inner_bn]["beta"].shape == (3, 4)
 
 
-@pytest.mark.jax_compatible
+@pytest.mark.backend_agnostic
 def test_same_named_layers_in_nested_models_get_distinct_keys():
     def block(name):
         return keras.Sequential(
@@ -167,7 +167,7 @@ def test_a_model_without_bn_is_an_error():
         model.fit(np.ones((4, 2)), np.ones(4), verbose=0, callbacks=[MovingStatsTracker()])
 
 
-@pytest.mark.jax_compatible
+@pytest.mark.backend_agnostic
 @pytest.mark.parametrize(
     ("kwargs", "error", "match"),
     [
@@ -200,7 +200,7 @@ class _FileProbe(keras.callbacks.Callback):
         self.sizes.append((len(self.tracker.log), os.path.getsize(self.path)))
 
 
-@pytest.mark.jax_compatible
+@pytest.mark.backend_agnostic
 def test_log_dir_appends_fixed_size_records_and_loads_back(tmp_path, circles, circles_model):
     (x, y), _ = circles
     tracker = MovingStatsTracker(every=3, log_dir=tmp_path / "logs")
@@ -250,7 +250,7 @@ def test_records_taken_before_a_crash_are_on_disk(tmp_path, circles, circles_mod
     )
 
 
-@pytest.mark.jax_compatible
+@pytest.mark.backend_agnostic
 def test_a_new_fit_starts_a_new_history_and_history_is_cached(tmp_path, circles, circles_model):
     (x, y), _ = circles
     tracker = MovingStatsTracker(log_dir=tmp_path)

@@ -22,7 +22,7 @@ class _TestAccuracyAtTrainEnd(keras.callbacks.Callback):
         self.accuracy = self.model.evaluate(*self.data, verbose=0, return_dict=True)["accuracy"]
 
 
-@pytest.mark.jax_compatible
+@pytest.mark.backend_agnostic
 def test_recalibration_at_train_end_does_not_lower_circles_test_accuracy(circles, circles_model):
     (x, y), (test_x, test_y) = circles
     before = _TestAccuracyAtTrainEnd(test_x, test_y)
@@ -40,7 +40,7 @@ def test_recalibration_at_train_end_does_not_lower_circles_test_accuracy(circles
     assert again["batch_normalization"]["mean_max_shift_in_std"] < 1e-5
 
 
-@pytest.mark.jax_compatible
+@pytest.mark.backend_agnostic
 def test_epoch_end_recalibrates_every_epoch_and_keeps_a_generators_batches(circles):
     (x, y), _ = circles
     model = keras.Sequential(

@@ -62,7 +62,7 @@ def set_affine(layer, rng):
     return gamma, beta
 
 
-@pytest.mark.jax_compatible
+@pytest.mark.backend_agnostic
 @fewer_on_jax
 @given(data=inputs_and_axis(), seed=st.integers(0, 2**16))
 def test_training_output_has_mean_beta_and_std_gamma(data, seed):
@@ -80,7 +80,7 @@ def test_training_output_has_mean_beta_and_std_gamma(data, seed):
     np.testing.assert_allclose(y.std(axis=axes), expected_std, rtol=2e-3, atol=1e-5)
 
 
-@pytest.mark.jax_compatible
+@pytest.mark.backend_agnostic
 @fewer_on_jax
 @given(data=inputs_and_axis(), seed=st.integers(0, 2**16))
 def test_inference_uses_the_moving_statistics(data, seed):
@@ -133,7 +133,7 @@ def ghost_reference(x, axis, size, gamma, beta, mask=None):
     return out, (sums / counts).reshape(-1), (squares / counts).reshape(-1)
 
 
-@pytest.mark.jax_compatible
+@pytest.mark.backend_agnostic
 @fewer_on_jax
 @given(
     data=inputs_and_axis(min_batch=1, nonbatch_axis=True),
@@ -160,7 +160,7 @@ def test_ghost_batches_normalize_each_group_with_its_own_statistics(data, size, 
     np.testing.assert_allclose(mean, x.mean(axis=reduction_axes(x.ndim, axis)), atol=1e-4)
 
 
-@pytest.mark.jax_compatible
+@pytest.mark.backend_agnostic
 def test_ghost_batches_with_a_mask():
     rng = np.random.default_rng(3)
     x = rng.normal(size=(7, 5, 3)).astype("float32")
@@ -178,7 +178,7 @@ def test_ghost_batches_with_a_mask():
     )
 
 
-@pytest.mark.jax_compatible
+@pytest.mark.backend_agnostic
 def test_ghost_batches_in_fit_with_a_remainder_batch_and_inference_ignores_them():
     rng = np.random.default_rng(0)
     x = rng.normal(2.0, 3.0, size=(45, 4)).astype("float32")
@@ -219,7 +219,7 @@ def test_ghost_batches_with_a_dynamic_batch_dimension_in_tf_function():
 # ------------------------------------------------------------------------- renorm
 
 
-@pytest.mark.jax_compatible
+@pytest.mark.backend_agnostic
 @fewer_on_jax
 @given(data=inputs_and_axis(), seed=st.integers(0, 2**16))
 def test_renorm_with_r_1_and_d_0_is_plain_batch_norm(data, seed):
@@ -236,7 +236,7 @@ def test_renorm_with_r_1_and_d_0_is_plain_batch_norm(data, seed):
         np.testing.assert_allclose(y_renorm, y_plain, rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.jax_compatible
+@pytest.mark.backend_agnostic
 def test_renorm_corrects_towards_the_renorm_statistics_and_updates_them():
     rng = np.random.default_rng(5)
     x = rng.normal(3.0, 2.0, size=(16, 4)).astype("float32")
@@ -310,7 +310,7 @@ BAD_ARGUMENTS = [
 ]
 
 
-@pytest.mark.jax_compatible
+@pytest.mark.backend_agnostic
 def test_bad_arguments_raise_at_construction():
     # One test over a table: the per-test Keras reset costs more than the checks.
     for kwargs, error, match in BAD_ARGUMENTS:
@@ -318,7 +318,7 @@ def test_bad_arguments_raise_at_construction():
             MomentumBatchNormalization(**kwargs)
 
 
-@pytest.mark.jax_compatible
+@pytest.mark.backend_agnostic
 def test_bad_momentum_assignment_raises_and_keeps_the_old_value():
     layer = MomentumBatchNormalization(momentum=0.9)
     layer.build((None, 3))
@@ -338,7 +338,7 @@ BAD_AXES = [
 ]
 
 
-@pytest.mark.jax_compatible
+@pytest.mark.backend_agnostic
 def test_bad_axis_raises_at_build():
     for kwargs, shape, match in BAD_AXES:
         layer = MomentumBatchNormalization(**kwargs)
@@ -382,7 +382,7 @@ def layer_configs(draw):
     }
 
 
-@pytest.mark.jax_compatible
+@pytest.mark.backend_agnostic
 @given(kwargs=layer_configs())
 def test_get_config_from_config_round_trip(kwargs):
     layer = MomentumBatchNormalization(**kwargs)
@@ -396,7 +396,7 @@ def test_get_config_from_config_round_trip(kwargs):
     assert restored.get_config() == config
 
 
-@pytest.mark.jax_compatible
+@pytest.mark.backend_agnostic
 def test_keras_file_round_trip_restores_every_variable(tmp_path):
     rng = np.random.default_rng(0)
     x = rng.normal(1.0, 2.0, size=(64, 6)).astype("float32")
@@ -436,7 +436,7 @@ def test_keras_file_round_trip_restores_every_variable(tmp_path):
     np.testing.assert_allclose(model.predict_on_batch(x), loaded.predict_on_batch(x), rtol=1e-6)
 
 
-@pytest.mark.jax_compatible
+@pytest.mark.backend_agnostic
 def test_non_trainable_state_is_averaged_across_replicas():
     # Under tf.distribute without synchronized=True, replica updates are averaged (as
     # in tf.keras 2) so that the copies stay equal; tests/distribute runs it for real.

@@ -43,7 +43,7 @@ def parity_cases(draw):
     return shape, kwargs, seed, use_mask
 
 
-@pytest.mark.jax_compatible
+@pytest.mark.backend_agnostic
 @fewer_on_jax
 @given(case=parity_cases())
 def test_defaults_match_keras_bit_for_bit_over_several_steps(case):
@@ -88,7 +88,7 @@ def assert_same_state(keras_model, our_model, *, rtol=1e-6, atol=1e-7):
             np.testing.assert_allclose(read(b), read(a), rtol=rtol, atol=atol, err_msg=b.path)
 
 
-@pytest.mark.jax_compatible
+@pytest.mark.backend_agnostic
 def test_fit_matches_keras_bn_model():
     rng = np.random.default_rng(0)
     x = rng.normal(1.0, 2.0, size=(96, 6)).astype("float32")
@@ -116,7 +116,7 @@ def test_fit_matches_keras_bn_model():
     assert int(read(our_model.layers[1].num_batches_tracked)) == 18
 
 
-@pytest.mark.jax_compatible
+@pytest.mark.backend_agnostic
 def test_fit_with_a_mask_matches_keras_bn_model():
     rng = np.random.default_rng(1)
     tokens = rng.integers(0, 9, size=(64, 7))
@@ -147,7 +147,7 @@ def test_fit_with_a_mask_matches_keras_bn_model():
     )
 
 
-@pytest.mark.jax_compatible
+@pytest.mark.backend_agnostic
 def test_frozen_layer_matches_keras_bn_model():
     rng = np.random.default_rng(2)
     x = rng.normal(3.0, 2.0, size=(64, 5)).astype("float32")
@@ -171,7 +171,7 @@ def test_frozen_layer_matches_keras_bn_model():
     np.testing.assert_array_equal(read(layer(x, training=True)), read(layer(x, training=False)))
 
 
-@pytest.mark.jax_compatible
+@pytest.mark.backend_agnostic
 def test_mixed_float16_matches_keras_bn():
     keras.config.set_dtype_policy("mixed_float16")
     rng = np.random.default_rng(3)
@@ -209,7 +209,7 @@ def test_mixed_float16_matches_keras_bn():
     "renorm" not in keras.layers.BatchNormalization.__init__.__code__.co_varnames,
     reason="this Keras release has no batch renormalization",
 )
-@pytest.mark.jax_compatible
+@pytest.mark.backend_agnostic
 def test_renorm_matches_keras_renorm():
     rng = np.random.default_rng(4)
     kwargs = {"renorm": True, "renorm_clipping": {"rmax": 2.0, "dmax": 1.0}, "momentum": 0.8}
@@ -222,7 +222,7 @@ def test_renorm_matches_keras_renorm():
         np.testing.assert_array_equal(read(getattr(ours, name)), read(getattr(theirs, name)))
 
 
-@pytest.mark.jax_compatible
+@pytest.mark.backend_agnostic
 @pytest.mark.parametrize("dtype", ["float64", "bfloat16"])
 def test_other_dtype_policies_match_keras_bn(dtype):
     rng = np.random.default_rng(5)

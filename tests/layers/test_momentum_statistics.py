@@ -51,7 +51,7 @@ def train(layer, batches):
         layer(x, training=True)
 
 
-@pytest.mark.jax_compatible
+@pytest.mark.backend_agnostic
 @fewer_on_jax
 @given(data=batch_sequences(), momentum=st.floats(0.0, 1.0))
 def test_moving_statistics_are_the_closed_form_ema(data, momentum):
@@ -71,7 +71,7 @@ def test_moving_statistics_are_the_closed_form_ema(data, momentum):
     np.testing.assert_allclose(read(layer.batch_variance), variances[-1], rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.jax_compatible
+@pytest.mark.backend_agnostic
 @fewer_on_jax
 @given(data=batch_sequences())
 def test_momentum_zero_keeps_the_last_batch_and_one_never_moves(data):
@@ -87,7 +87,7 @@ def test_momentum_zero_keeps_the_last_batch_and_one_never_moves(data):
     np.testing.assert_array_equal(read(one.moving_variance), 1.0)
 
 
-@pytest.mark.jax_compatible
+@pytest.mark.backend_agnostic
 @fewer_on_jax
 @given(data=batch_sequences(max_steps=6))
 def test_momentum_none_is_the_arithmetic_mean_of_the_batch_statistics(data):
@@ -108,7 +108,7 @@ def test_momentum_none_is_the_arithmetic_mean_of_the_batch_statistics(data):
     np.testing.assert_allclose(read(layer.moving_mean), means[-1], rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.jax_compatible
+@pytest.mark.backend_agnostic
 @fewer_on_jax
 @given(data=batch_sequences(), momentum=st.floats(0.0, 0.999))
 def test_debias_divides_the_zero_started_ema_by_one_minus_momentum_power(data, momentum):
@@ -140,7 +140,7 @@ def test_debias_divides_the_zero_started_ema_by_one_minus_momentum_power(data, m
     )
 
 
-@pytest.mark.jax_compatible
+@pytest.mark.backend_agnostic
 def test_debias_with_a_changing_momentum_uses_the_product_of_momenta():
     rng = np.random.default_rng(0)
     batches = [rng.normal(i, 1.0 + i, size=(8, 3)).astype("float32") for i in range(4)]
@@ -162,7 +162,7 @@ def test_debias_with_a_changing_momentum_uses_the_product_of_momenta():
     np.testing.assert_allclose(read(layer.moving_mean), batches[0].mean(0), rtol=1e-5)
 
 
-@pytest.mark.jax_compatible
+@pytest.mark.backend_agnostic
 @pytest.mark.parametrize("options", [{}, {"debias": True}, {"renorm": True, "momentum": None}])
 def test_a_nonfinite_batch_leaves_every_moving_statistic_untouched(options):
     rng = np.random.default_rng(1)
@@ -187,7 +187,7 @@ def test_a_nonfinite_batch_leaves_every_moving_statistic_untouched(options):
     assert np.isfinite(read(layer.moving_mean)).all()
 
 
-@pytest.mark.jax_compatible
+@pytest.mark.backend_agnostic
 def test_without_skip_nonfinite_a_nan_batch_poisons_the_statistics_as_in_keras():
     x = np.random.default_rng(2).normal(size=(8, 2)).astype("float32")
     x[0, 0] = np.nan
@@ -200,7 +200,7 @@ def test_without_skip_nonfinite_a_nan_batch_poisons_the_statistics_as_in_keras()
     assert int(read(layer.num_batches_tracked)) == 1
 
 
-@pytest.mark.jax_compatible
+@pytest.mark.backend_agnostic
 def test_trainable_false_and_inference_do_not_update_anything():
     x = np.random.default_rng(3).normal(size=(8, 2)).astype("float32")
     layer = MomentumBatchNormalization(debias=True, renorm=True)
@@ -235,7 +235,7 @@ def stats_model(features=3, momentum=0.9):
     return model, layer
 
 
-@pytest.mark.jax_compatible
+@pytest.mark.backend_agnostic
 def test_changing_momentum_between_fit_calls_needs_no_retrace():
     rng = np.random.default_rng(4)
     x1, x2, x3 = (rng.normal(i, 1 + i, size=(16, 3)).astype("float32") for i in range(3))
@@ -280,7 +280,7 @@ class SetMomentumAfterBatch(keras.callbacks.Callback):
             self.layer.momentum = self.momentum
 
 
-@pytest.mark.jax_compatible
+@pytest.mark.backend_agnostic
 @pytest.mark.parametrize("new_momentum", [0.0, None])
 def test_changing_momentum_in_a_callback_mid_epoch_acts_on_the_next_step(new_momentum):
     rng = np.random.default_rng(5)
@@ -337,7 +337,7 @@ def test_changing_momentum_while_jax_fit_holds_the_state_raises_a_clear_error():
         model.fit(x, x, batch_size=8, verbose=0, callbacks=[Unsynced()])
 
 
-@pytest.mark.jax_compatible
+@pytest.mark.backend_agnostic
 @pytest.mark.parametrize("options", [{}, {"debias": True}, {"debias": True, "renorm": True}])
 def test_set_moving_statistics_keeps_the_hidden_state_consistent(options):
     rng = np.random.default_rng(7)
@@ -359,7 +359,7 @@ def test_set_moving_statistics_keeps_the_hidden_state_consistent(options):
     np.testing.assert_allclose(read(layer.moving_mean), expected, rtol=1e-5)
 
 
-@pytest.mark.jax_compatible
+@pytest.mark.backend_agnostic
 def test_set_moving_statistics_before_any_step_counts_as_a_full_average():
     layer = MomentumBatchNormalization(momentum=0.5, debias=True)
     layer.build((None, 2))

@@ -13,7 +13,7 @@ from keras_bn_tools.testing import assert_normalizes, batches, bn_configs
 fewer_on_jax = settings(max_examples=3) if keras.backend.backend() == "jax" else (lambda f: f)
 
 
-@pytest.mark.jax_compatible
+@pytest.mark.backend_agnostic
 @fewer_on_jax
 @given(config=bn_configs(include_ghost=True), x=batches())
 def test_normalizes_in_training_and_inference_for_any_config(config, x):

@@ -14,9 +14,9 @@ from hypothesis import strategies as st
 
 from keras_bn_tools.layers import BatchNormLSTM, BatchNormLSTMCell
 
-jax_compatible = pytest.mark.jax_compatible
+backend_agnostic = pytest.mark.backend_agnostic
 # Eager JAX compiles every operation for every new shape, so under JAX a core subset runs
-# (marked jax_compatible), its property tests with two examples each: they check that the
+# (marked backend_agnostic), its property tests with two examples each: they check that the
 # backend-agnostic code path works there; TensorFlow covers the breadth.
 few_under_jax = settings(max_examples=2) if keras.backend.backend() == "jax" else (lambda f: f)
 TERMS = ("input", "recurrent", "cell")
@@ -182,7 +182,7 @@ def test_identity_statistics_match_keras_lstm_with_mask(problem, return_sequence
 # --------------------------------------------------------------------------- the maths
 
 
-@jax_compatible
+@backend_agnostic
 @few_under_jax
 @given(lstm_problems(), st.booleans())
 def test_forward_matches_numpy_reference(problem, training):
@@ -228,7 +228,7 @@ def test_training_normalizes_every_term_at_every_step(problem):
         )
 
 
-@jax_compatible
+@backend_agnostic
 @few_under_jax
 @given(lstm_problems(), st.integers(1, 6))
 def test_training_updates_moving_statistics_per_step(problem, max_timesteps):
@@ -299,7 +299,7 @@ def test_without_cell_normalization():
 # --------------------------------------------------------------------------- masks, shapes
 
 
-@jax_compatible
+@backend_agnostic
 @few_under_jax
 @given(lstm_problems(max_time=6), st.booleans())
 def test_padding_stays_out_of_outputs_and_statistics(problem, training):
@@ -391,7 +391,7 @@ def test_initial_state_and_go_backwards():
 # --------------------------------------------------------------------------- the cell
 
 
-@jax_compatible
+@backend_agnostic
 def test_cell_steps_match_the_layer_in_inference():
     x = _inputs(3, 4, 2, 0)
     layer = _layer(3, x, return_sequences=True)
@@ -422,7 +422,7 @@ def test_cell_in_a_plain_rnn_with_shared_statistics():
 # --------------------------------------------------------------------------- initial values
 
 
-@jax_compatible
+@backend_agnostic
 def test_gamma_initialization():
     x = np.zeros((1, 2, 3))
     cell = _layer(4, x).cell
@@ -481,7 +481,7 @@ def test_from_lstm_copies_configuration_and_weights():
 # --------------------------------------------------------------------------- training, saving
 
 
-@jax_compatible
+@backend_agnostic
 def test_fit_trains_and_moves_the_statistics(tmp_path):
     rng = np.random.default_rng(0)
     x = rng.normal(size=(64, 6, 2)).astype("float32")
@@ -507,7 +507,7 @@ def test_fit_trains_and_moves_the_statistics(tmp_path):
         np.testing.assert_array_equal(np.asarray(v), np.asarray(w))
 
 
-@jax_compatible
+@backend_agnostic
 def test_config_round_trip():
     layer = BatchNormLSTM(
         3,
@@ -536,7 +536,7 @@ def test_config_round_trip():
 # --------------------------------------------------------------------------- errors
 
 
-@jax_compatible
+@backend_agnostic
 @pytest.mark.parametrize("units", [0, -3])
 def test_bad_units(units):
     with pytest.raises(ValueError, match="`units`"):
@@ -545,7 +545,7 @@ def test_bad_units(units):
         BatchNormLSTMCell(units)
 
 
-@jax_compatible
+@backend_agnostic
 def test_bad_arguments():
     with pytest.raises(TypeError, match="`units`"):
         BatchNormLSTM(2.5)
@@ -563,7 +563,7 @@ def test_bad_arguments():
         BatchNormLSTM(2, dropout=1.5)
 
 
-@jax_compatible
+@backend_agnostic
 def test_two_dimensional_input_is_refused():
     layer = BatchNormLSTM(2)
     with pytest.raises(ValueError, match=r"3-D input \(batch, timesteps, features\)"):

@@ -24,7 +24,7 @@ from keras_bn_tools.studies.circles import (
 # --------------------------------------------------------------------------- data
 
 
-@pytest.mark.jax_compatible
+@pytest.mark.backend_agnostic
 def test_load_circles_is_the_tutorials_split():
     from sklearn.datasets import make_circles
 
@@ -38,7 +38,7 @@ def test_load_circles_is_the_tutorials_split():
     assert set(np.unique(train_y)) == {0.0, 1.0}
 
 
-@pytest.mark.jax_compatible
+@pytest.mark.backend_agnostic
 def test_load_circles_arguments():
     (train_x, _), (test_x, _) = load_circles(n_samples=100, n_train=80, random_state=3)
     assert len(train_x) == 80 and len(test_x) == 20
@@ -161,7 +161,7 @@ def _study():
     return StudyResult(runs=runs, configs=("a", "b"), seeds=(0, 1, 2), epochs=3)
 
 
-@pytest.mark.jax_compatible
+@pytest.mark.backend_agnostic
 def test_run_result_properties():
     run = _run("a", 0, [0.5, 0.79, 0.8, 0.9], 0.83)
     assert run.epochs == 4
@@ -172,7 +172,7 @@ def test_run_result_properties():
     assert run.last_epoch_accuracy == pytest.approx(0.75)
 
 
-@pytest.mark.jax_compatible
+@pytest.mark.backend_agnostic
 def test_summary_statistics():
     from scipy import stats
 
@@ -195,7 +195,7 @@ def test_summary_statistics():
     }
 
 
-@pytest.mark.jax_compatible
+@pytest.mark.backend_agnostic
 def test_table():
     table = _study().table()
     lines = table.splitlines()
@@ -212,7 +212,7 @@ def test_table():
     assert "n/a" in one_seed.table()
 
 
-@pytest.mark.jax_compatible
+@pytest.mark.backend_agnostic
 def test_json_round_trip(tmp_path):
     study = _study()
     path = tmp_path / "results.json"
@@ -230,7 +230,7 @@ def test_json_round_trip(tmp_path):
     assert not list(tmp_path.glob(".*tmp"))  # atomic write leaves no temp file
 
 
-@pytest.mark.jax_compatible
+@pytest.mark.backend_agnostic
 def test_csv_files(tmp_path):
     study = _study()
     study.to_csv(tmp_path / "epochs.csv")
@@ -250,7 +250,7 @@ def test_csv_files(tmp_path):
         study.to_csv(tmp_path / "x.csv", per="seed")
 
 
-@pytest.mark.jax_compatible
+@pytest.mark.backend_agnostic
 def test_plot(tmp_path):
     study = _study()
     figure = study.plot(tmp_path / "accuracy.png")
@@ -262,7 +262,7 @@ def test_plot(tmp_path):
         study.plot(metrics=("f1",))
 
 
-@pytest.mark.jax_compatible
+@pytest.mark.backend_agnostic
 def test_moving_stats_arrays():
     arrays = _study().moving_stats_arrays()
     assert len(arrays) == 6

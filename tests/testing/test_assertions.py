@@ -17,7 +17,7 @@ from keras_bn_tools.testing import (
     default_tolerances,
 )
 
-pytestmark = pytest.mark.jax_compatible
+pytestmark = pytest.mark.backend_agnostic
 
 
 @layer_settings()

@@ -24,7 +24,7 @@ from keras_bn_tools.testing import (
     reference_moving_statistics,
 )
 
-pytestmark = pytest.mark.jax_compatible
+pytestmark = pytest.mark.backend_agnostic
 
 
 class ToyBatchNorm(keras.layers.Layer):

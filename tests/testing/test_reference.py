@@ -13,7 +13,7 @@ from keras_bn_tools.testing import (
     reference_moving_statistics,
 )
 
-pytestmark = pytest.mark.jax_compatible
+pytestmark = pytest.mark.backend_agnostic
 
 
 def test_training_uses_biased_batch_statistics():

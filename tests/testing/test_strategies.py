@@ -13,7 +13,7 @@ from hypothesis.errors import InvalidArgument
 from keras_bn_tools.testing import MIN_RELATIVE_STD, batches, bn_configs, stack_specs
 from keras_bn_tools.testing.strategies import _smallest_cnn_side
 
-pytestmark = pytest.mark.jax_compatible
+pytestmark = pytest.mark.backend_agnostic
 
 
 def _per_feature(x: np.ndarray) -> np.ndarray:
