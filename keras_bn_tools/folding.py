@@ -25,7 +25,7 @@ import numpy as np
 from keras import ops
 from keras.src.models.functional import Functional  # what keras.models.clone_model uses
 
-from keras_bn_tools.rewrite import batchnorm_layers
+from keras_bn_tools._model_utils import batchnorm_layers
 
 __all__ = ["ChannelAffine", "FoldDecision", "fold_batchnorm", "plan_folding"]
 

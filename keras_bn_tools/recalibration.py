@@ -37,31 +37,16 @@ import itertools
 import math
 import sys
 import warnings
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import keras
 import numpy as np
 
+from keras_bn_tools._model_utils import batchnorm_layers, layer_keys
 from keras_bn_tools._validation import check_positive_int
-from keras_bn_tools.rewrite import batchnorm_layers
 
-__all__ = ["RecalibrationReport", "layer_keys", "recalibrate_batchnorm"]
-
-
-def layer_keys(layers: Sequence[keras.layers.Layer]) -> list[str]:
-    """Unique, stable keys for `layers`: the layer name, `name#2`, `name#3`, ... for repeats.
-
-    Layer names are unique inside one model, but two nested models may each hold
-    a layer called `"bn"`; the second one found is keyed `"bn#2"`.
-    """
-    seen: dict[str, int] = {}
-    keys = []
-    for layer in layers:
-        seen[layer.name] = seen.get(layer.name, 0) + 1
-        count = seen[layer.name]
-        keys.append(layer.name if count == 1 else f"{layer.name}#{count}")
-    return keys
+__all__ = ["RecalibrationReport", "recalibrate_batchnorm"]
 
 
 # --------------------------------------------------------------------------- data

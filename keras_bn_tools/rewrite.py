@@ -8,9 +8,11 @@ from typing import Any
 import keras
 from keras.src.models.functional import Functional  # what keras.models.clone_model uses
 
+from keras_bn_tools._model_utils import batchnorm_layers
 from keras_bn_tools.builders import _is_linear, _NormalizationFactory, _unique_name
 from keras_bn_tools.placement import Placement, parse_placement
 
+# `batchnorm_layers` is re-exported from the shared model utilities.
 __all__ = ["DEFAULT_LAYER_TYPES", "batchnorm_layers", "insert_batchnorm"]
 
 #: The layer types that `insert_batchnorm` puts BN at when `layer_types` is None.
@@ -23,37 +25,6 @@ DEFAULT_LAYER_TYPES: tuple[type[keras.layers.Layer], ...] = (
     keras.layers.GRU,
     keras.layers.SimpleRNN,
 )
-
-
-def batchnorm_layers(model: keras.Model) -> list[keras.layers.BatchNormalization]:
-    """Every batch normalization layer of `model`, nested models included, in call order.
-
-    `keras_bn_tools.layers.MomentumBatchNormalization` subclasses
-    `keras.layers.BatchNormalization`, so both are found. A layer shared by
-    several nested models is listed once.
-
-    Args:
-        model: a built or unbuilt Keras model.
-
-    Returns:
-        A list of BN layers, outermost first, in the order the model calls them.
-    """
-    found: list[keras.layers.BatchNormalization] = []
-    seen: set[int] = set()
-
-    def visit(layer: keras.layers.Layer) -> None:
-        if id(layer) in seen:
-            return
-        seen.add(id(layer))
-        if isinstance(layer, keras.layers.BatchNormalization):
-            found.append(layer)
-        elif isinstance(layer, keras.Model):
-            for inner in layer.layers:
-                visit(inner)
-
-    for layer in model.layers:
-        visit(layer)
-    return found
 
 
 def insert_batchnorm(

@@ -8,7 +8,7 @@ from collections.abc import Callable
 
 import keras
 
-from keras_bn_tools.rewrite import batchnorm_layers
+from keras_bn_tools._model_utils import batchnorm_layers
 
 __all__ = ["MomentumScheduler"]
 

@@ -32,12 +32,16 @@ from typing import Any
 import keras
 import numpy as np
 
-from keras_bn_tools.recalibration import layer_keys
-from keras_bn_tools.rewrite import batchnorm_layers
+from keras_bn_tools._model_utils import (
+    BN_STATISTICS,
+    batchnorm_layers,
+    layer_keys,
+    statistic_variables,
+)
 
 __all__ = ["ALLOWED_STATS", "MovingStatsLog", "MovingStatsTracker"]
 
-ALLOWED_STATS = ("moving_mean", "moving_variance", "gamma", "beta")
+ALLOWED_STATS = BN_STATISTICS
 HEADER_FILE = "moving_stats.json"
 RECORDS_FILE = "moving_stats.bin"
 FORMAT = "keras-bn-tools/moving-stats"
@@ -374,20 +378,17 @@ class MovingStatsTracker(keras.callbacks.Callback):
         for key, layer in tracked:
             if not layer.built:
                 raise ValueError(f"MovingStatsTracker: BN layer {key!r} is not built.")
-            for stat in self.stats:
-                variable = getattr(layer, stat, None)
-                if variable is None:
-                    continue
-                fields.append(
-                    {
-                        "name": f"v{len(self._variables)}",
-                        "layer": key,
-                        "stat": stat,
-                        "dtype": np.dtype(keras.backend.standardize_dtype(variable.dtype)).str,
-                        "shape": [int(d) for d in variable.shape],
-                    }
-                )
-                self._variables.append((fields[-1]["name"], variable))
+        for key, stat, variable in statistic_variables(tracked, self.stats):
+            fields.append(
+                {
+                    "name": f"v{len(self._variables)}",
+                    "layer": key,
+                    "stat": stat,
+                    "dtype": np.dtype(keras.backend.standardize_dtype(variable.dtype)).str,
+                    "shape": [int(d) for d in variable.shape],
+                }
+            )
+            self._variables.append((fields[-1]["name"], variable))
         if not self._variables:
             warnings.warn(
                 f"MovingStatsTracker: none of the tracked BN layers has any of {self.stats}; "

@@ -6,9 +6,9 @@ from typing import Any
 
 import keras
 
+from keras_bn_tools._model_utils import batchnorm_layers
 from keras_bn_tools._validation import check_positive_int
 from keras_bn_tools.recalibration import RecalibrationReport, _Batches, recalibrate_batchnorm
-from keras_bn_tools.rewrite import batchnorm_layers
 
 __all__ = ["RecalibrateBatchNorm"]
 

@@ -757,7 +757,7 @@ def _make_optimizer():
 
 def _bn_stat_variables(model) -> list[tuple[str, str, Any]]:
     """(layer name, stat, variable) for every BN layer and every `BN_STATS` it has."""
-    from keras_bn_tools.rewrite import batchnorm_layers
+    from keras_bn_tools._model_utils import batchnorm_layers
 
     found = []
     for layer in batchnorm_layers(model):

@@ -1,0 +1,83 @@
+"""Model utilities shared by the builders, rewriters, folding, recalibration,
+callbacks and studies: finding BN layers, keying them, reading their statistics.
+
+Low-level and private: it imports nothing else from this package, so every
+module can use it without depending on another feature module.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import keras
+
+__all__ = ["BN_STATISTICS", "batchnorm_layers", "layer_keys", "statistic_variables"]
+
+#: The per-channel state of a BN layer that trackers and studies record.
+BN_STATISTICS = ("moving_mean", "moving_variance", "gamma", "beta")
+
+
+def batchnorm_layers(model: keras.Model) -> list[keras.layers.BatchNormalization]:
+    """Every batch normalization layer of `model`, nested models included, in call order.
+
+    `keras_bn_tools.layers.MomentumBatchNormalization` subclasses
+    `keras.layers.BatchNormalization`, so both are found. A layer shared by
+    several nested models is listed once.
+
+    Args:
+        model: a built or unbuilt Keras model.
+
+    Returns:
+        A list of BN layers, outermost first, in the order the model calls them.
+    """
+    found: list[keras.layers.BatchNormalization] = []
+    seen: set[int] = set()
+
+    def visit(layer: keras.layers.Layer) -> None:
+        if id(layer) in seen:
+            return
+        seen.add(id(layer))
+        if isinstance(layer, keras.layers.BatchNormalization):
+            found.append(layer)
+        elif isinstance(layer, keras.Model):
+            for inner in layer.layers:
+                visit(inner)
+
+    for layer in model.layers:
+        visit(layer)
+    return found
+
+
+def layer_keys(layers: Sequence[keras.layers.Layer]) -> list[str]:
+    """Unique, stable keys for `layers`: the layer name, `name#2`, `name#3`, ... for repeats.
+
+    Layer names are unique inside one model, but two nested models may each hold
+    a layer called `"bn"`; the second one found is keyed `"bn#2"`.
+    """
+    seen: dict[str, int] = {}
+    keys = []
+    for layer in layers:
+        seen[layer.name] = seen.get(layer.name, 0) + 1
+        count = seen[layer.name]
+        keys.append(layer.name if count == 1 else f"{layer.name}#{count}")
+    return keys
+
+
+def statistic_variables(
+    layers: Sequence[tuple[str, keras.layers.Layer]], stats: Sequence[str] = BN_STATISTICS
+) -> list[tuple[str, str, Any]]:
+    """`(layer key, stat, variable)` for each keyed BN layer and each of `stats` it has.
+
+    A BN layer built with `center=False` has no `beta` and one with
+    `scale=False` no `gamma`: those are left out, not reported as zeros.
+    This is the one place that decides which variables count as "the
+    statistics" of a BN layer, for `MovingStatsTracker` and the studies alike.
+    """
+    found = []
+    for key, layer in layers:
+        for stat in stats:
+            variable = getattr(layer, stat, None)
+            if variable is not None and hasattr(variable, "assign"):
+                found.append((key, stat, variable))
+    return found
