@@ -22,8 +22,9 @@ def batchnorm_layers(model: keras.Model) -> list[keras.layers.BatchNormalization
     """Every batch normalization layer of `model`, nested models included, in call order.
 
     `keras_bn_tools.layers.MomentumBatchNormalization` subclasses
-    `keras.layers.BatchNormalization`, so both are found. A layer shared by
-    several nested models is listed once.
+    `keras.layers.BatchNormalization`, so both are found. BN inside a wrapper
+    (`keras.layers.TimeDistributed(keras.layers.BatchNormalization())`) is
+    found too. A layer shared by several nested models is listed once.
 
     Args:
         model: a built or unbuilt Keras model.
@@ -40,6 +41,10 @@ def batchnorm_layers(model: keras.Model) -> list[keras.layers.BatchNormalization
         seen.add(id(layer))
         if isinstance(layer, keras.layers.BatchNormalization):
             found.append(layer)
+        elif isinstance(layer, keras.layers.Wrapper):
+            # TimeDistributed(BatchNormalization()) and the like: the BN is the
+            # wrapped layer, and its statistics are what a user means to track.
+            visit(layer.layer)
         elif isinstance(layer, keras.Model):
             for inner in layer.layers:
                 visit(inner)
