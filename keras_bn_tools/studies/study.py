@@ -10,7 +10,7 @@ from typing import Any
 
 from keras_bn_tools._validation import check_choice, check_positive_int, check_seeds
 from keras_bn_tools.studies.engines import resolve_engine
-from keras_bn_tools.studies.engines.common import RunSettings, StudyData, Timer
+from keras_bn_tools.studies.engines.common import RunSettings, StudyData, Timer, fresh_model
 from keras_bn_tools.studies.protocol import SHUFFLES, Protocol
 from keras_bn_tools.studies.results import RunResult, StudyResult
 
@@ -166,7 +166,7 @@ def run_study(
         )
     if module.__name__.endswith(".tensorflow"):
         options["jit_compile"] = len(seeds) >= 4 if jit_compile == "auto" else jit_compile
-    data = StudyData.load(protocol, protocol.build(configs[0]))
+    data = StudyData.load(protocol, fresh_model(protocol, configs[0], seeds[0]))
     runs: list[RunResult] = []
     timer = Timer()
     from tqdm.auto import tqdm
