@@ -10,7 +10,6 @@ from typing import Any
 
 from keras_bn_tools._validation import check_choice, check_positive_int, check_seeds
 from keras_bn_tools.studies.engines import resolve_engine
-from keras_bn_tools.studies.engines.common import RunSettings, StudyData, Timer, fresh_model
 from keras_bn_tools.studies.protocol import SHUFFLES, Protocol
 from keras_bn_tools.studies.results import RunResult, StudyResult
 
@@ -138,6 +137,9 @@ def run_study(
         print(result.engine, result.table())
         ```
     """
+    # Keras (and with it TensorFlow) loads only now: `PROTOCOLS` and --help stay light.
+    from keras_bn_tools.studies.engines.common import RunSettings, StudyData, Timer, fresh_model
+
     protocol = resolve_protocol(protocol)
     configs = _resolve_configs(protocol, configs)
     seeds = check_seeds("seeds", seeds)
