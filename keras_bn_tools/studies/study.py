@@ -107,7 +107,8 @@ def run_study(
         seeds: distinct integers in `[0, 2**32 - 1]`; a `range` is streamed.
             Each run calls `keras.utils.set_random_seed(seed)` before building
             its model and draws its data order from the seed.
-        epochs, batch_size: default: the protocol's.
+        epochs: epochs per run (default: the protocol's).
+        batch_size: training batch size (default: the protocol's).
         engine: `"auto"` (the compiled engine where the backend has one:
             TensorFlow and JAX; else `"fit"`), `"compiled"` or `"fit"`.
             `StudyResult.engine` says which ran.

@@ -64,7 +64,11 @@ def evaluate(model: Any, x: np.ndarray, y: np.ndarray, protocol: Protocol, kind:
     """Inference-mode loss and accuracy of `model` on `(x, y)` (the tutorial's `evaluate`)."""
     import keras
 
-    y_pred = model.predict(x, batch_size=max(256, protocol.batch_size), verbose=0)
+    # Direct calls, not model.predict: predict would trace a new function per model, and
+    # TensorFlow warns about "retracing" after a few runs.
+    chunk = max(1024, protocol.batch_size)
+    parts = [model(x[i : i + chunk], training=False) for i in range(0, len(x), chunk)]
+    y_pred = keras.ops.concatenate(parts) if len(parts) > 1 else parts[0]
     loss = float(keras.ops.convert_to_numpy(loss_fn(protocol)(y, y_pred)))
     # The regularization losses, as fit's own loss and val_loss include them.
     loss += sum(float(keras.ops.convert_to_numpy(extra)) for extra in model.losses)
