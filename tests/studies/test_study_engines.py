@@ -170,3 +170,25 @@ def test_fit_engine_runs_the_users_callbacks():
         tracker.history["bn"]["moving_mean"][1:], run.moving_stats["bn"]["moving_mean"]
     )
     assert run.moving_stats["bn"]["moving_mean"].shape == (2, 8)
+
+
+@pytest.mark.skipif(_backend() != "tensorflow", reason="TensorFlow engine: XLA fallback")
+def test_xla_failure_falls_back_to_a_plain_graph():
+    import keras
+    import tensorflow as tf
+
+    from keras_bn_tools.studies.circles import CirclesConfig
+    from keras_bn_tools.studies.circles import run_study as run_circles
+
+    class TimestampedBatchNormalization(keras.layers.BatchNormalization):
+        """BN plus an op XLA cannot compile (adds exactly zero)."""
+
+        def call(self, inputs, training=None, mask=None):
+            zero = tf.cast(tf.raw_ops.Timestamp(), inputs.dtype) * 0.0
+            return super().call(inputs + zero, training=training, mask=mask)
+
+    config = CirclesConfig("bn-timestamp", "XLA-hostile", bn_layer=TimestampedBatchNormalization)
+    with pytest.warns(RuntimeWarning, match="XLA could not compile"):
+        xla = run_circles([config], seeds=[0], epochs=2, engine="compiled", jit_compile=True)
+    plain = run_circles([config], seeds=[0], epochs=2, engine="compiled", jit_compile=False)
+    np.testing.assert_allclose(xla.runs[0].history["loss"], plain.runs[0].history["loss"])
