@@ -71,3 +71,20 @@ def test_a_protocol_whose_data_or_model_is_wrong_is_named():
     bad_data = dataclasses.replace(BLOBS, load_data=lambda: (1, 2, 3))
     with pytest.raises(TypeError, match="load_data"):
         run_study(bad_data, seeds=[0], epochs=1)
+
+
+def test_seed_checks_keep_order_and_never_expand_a_range():
+    from keras_bn_tools._validation import MAX_SEED, check_int_in_range, check_seeds
+
+    assert list(check_seeds("seeds", range(2, 0, -1))) == [2, 1]
+    huge = range(MAX_SEED + 1)
+    assert check_seeds("seeds", huge) is huge  # checked from its ends, not built
+    assert check_seeds("seeds", 7) == (7,)
+    assert check_seeds("seeds", iter([3, 1])) == (3, 1)
+    with pytest.raises(ValueError, match=r"`seeds`.*\[0, 4294967295\]"):
+        check_seeds("seeds", range(3, -2, -1))
+    assert check_int_in_range("n", 5, minimum=1, maximum=5) == 5
+    with pytest.raises(ValueError, match=r"`n` must be an integer in \[1, 4\], got 5"):
+        check_int_in_range("n", 5, minimum=1, maximum=4)
+    with pytest.raises(TypeError, match="`n`"):
+        check_int_in_range("n", True, minimum=0)
