@@ -133,17 +133,18 @@ def test_schedule_must_be_callable():
 
 
 @pytest.mark.parametrize(
-    ("value", "match"),
+    ("value", "error", "match"),
     [
-        (1.5, r"schedule\(0\) returned 1.5"),
-        (-0.1, "returned -0.1"),
-        ("0.9", "'0.9'"),
-        (True, "True"),
+        (1.5, ValueError, r"`schedule\(0\)` must be a float in \[0, 1\] or None.*got 1.5"),
+        (-0.1, ValueError, "got -0.1"),
+        (float("nan"), ValueError, "got nan"),
+        ("0.9", TypeError, "'0.9'"),
+        (True, TypeError, "True"),
     ],
 )
-def test_schedule_values_are_checked(value, match):
+def test_schedule_values_are_checked(value, error, match):
     model, _ = _bn_first_model()
-    with pytest.raises(ValueError, match=match):
+    with pytest.raises(error, match=match):
         model.fit(
             np.ones((4, 3)),
             np.ones(4),
