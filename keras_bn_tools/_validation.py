@@ -14,6 +14,7 @@ from typing import Any
 __all__ = [
     "RENORM_CLIPPING_KEYS",
     "check_axis",
+    "check_choice",
     "check_epsilon",
     "check_int_sequence",
     "check_momentum",
@@ -230,3 +231,14 @@ def check_writable_directory(name: str, value: Any) -> str:
     if not os.access(existing, os.W_OK | os.X_OK):
         raise ValueError(f"`{name}`={path!r} is not writable: no write permission on {existing!r}.")
     return path
+
+
+def check_choice(name: str, value: Any, choices: Sequence[str]) -> str:
+    """Return `value` if it is one of the strings `choices`, else raise naming `name`."""
+    if not isinstance(value, str):
+        raise TypeError(
+            f"`{name}` must be one of {list(choices)}, got {value!r} ({type(value).__name__})."
+        )
+    if value not in choices:
+        raise ValueError(f"`{name}` must be one of {list(choices)}, got {value!r}.")
+    return value

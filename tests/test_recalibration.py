@@ -329,3 +329,106 @@ def test_a_model_without_bn_is_an_error():
     model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
     with pytest.raises(ValueError, match="no batch normalization layer"):
         recalibrate_batchnorm(model, np.ones((4, 2)))
+
+
+# ------------------------------------------------------- issue 16: nothing silently wrong
+
+
+def _single_bn_model():
+    bn = keras.layers.BatchNormalization(name="bn")
+    return keras.Sequential([keras.Input((2,)), bn]), bn
+
+
+@pytest.mark.backend_agnostic
+@pytest.mark.parametrize("count", [2, 3, 4])
+def test_a_list_of_arrays_is_a_list_of_batches(count):
+    # Item 1: a list was read as (x, y): two batches used only the first, three a third
+    # of the data, four raised a misleading error.
+    rng = np.random.default_rng(8)
+    batches = [rng.normal(i, 1.0 + i, size=(5 + i, 2)).astype("float32") for i in range(count)]
+    model, bn = _single_bn_model()
+    report = recalibrate_batchnorm(model, batches)
+    everything = np.concatenate(batches).astype(np.float64)
+    np.testing.assert_allclose(_np(bn.moving_mean), everything.mean(0), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(_np(bn.moving_variance), everything.var(0), rtol=1e-5)
+    assert (report.num_batches, report.num_samples) == (count, len(everything))
+
+
+@pytest.mark.backend_agnostic
+@pytest.mark.parametrize("method", ["exact", "single_pass"])
+def test_non_finite_batches_are_skipped_counted_and_warned_about(method):
+    # Item 2: one NaN wrote NaN moving statistics without a word.
+    rng = np.random.default_rng(9)
+    x = rng.normal(size=(30, 2)).astype("float32")
+    x[12, 1] = np.nan
+    x[25, 0] = np.inf
+    model, bn = _single_bn_model()
+    with pytest.warns(UserWarning, match="2 of 3 batches had non-finite"):
+        report = recalibrate_batchnorm(model, x, batch_size=10, method=method)
+    kept = x[:10].astype(np.float64)
+    np.testing.assert_allclose(_np(bn.moving_mean), kept.mean(0), rtol=1e-5)
+    np.testing.assert_allclose(_np(bn.moving_variance), kept.var(0), rtol=1e-5)
+    assert report.num_skipped_batches == 2 and report["bn"]["skipped_batches"] == 2
+    assert report["bn"]["num_values"] == 10
+    assert "2 non-finite skipped" in str(report)
+
+
+@pytest.mark.backend_agnostic
+@pytest.mark.parametrize("method", ["exact", "single_pass"])
+def test_data_without_a_finite_batch_is_an_error_and_changes_nothing(method):
+    model, bn = _single_bn_model()
+    x = np.full((8, 2), np.nan, "float32")
+    with pytest.raises(ValueError, match="no finite, unmasked values"):
+        recalibrate_batchnorm(model, x, method=method)
+    np.testing.assert_array_equal(_np(bn.moving_mean), 0.0)
+    np.testing.assert_array_equal(_np(bn.moving_variance), 1.0)
+
+
+@pytest.mark.backend_agnostic
+def test_an_endless_generator_without_num_batches_is_refused(monkeypatch):
+    # Item 14: it hung (caching forever) without a word.
+    from keras_bn_tools.recalibration import BatchSource
+
+    monkeypatch.setattr(BatchSource, "max_uncounted_batches", 20)
+
+    def endless():
+        while True:
+            yield np.ones((2, 2), "float32")
+
+    model, _ = _single_bn_model()
+    with pytest.raises(ValueError, match="`num_batches`"):
+        recalibrate_batchnorm(model, endless())
+    report = recalibrate_batchnorm(model, endless(), num_batches=30)
+    assert report.num_batches == 30
+
+
+def test_endless_and_unbatched_tf_datasets_are_refused_with_a_hint():
+    tf = pytest.importorskip("tensorflow")
+    model, _ = _single_bn_model()
+    x = np.ones((6, 2), "float32")
+    with pytest.raises(ValueError, match=r"endless tf\.data\.Dataset.*`num_batches`"):
+        recalibrate_batchnorm(model, tf.data.Dataset.from_tensor_slices(x).repeat())
+    with pytest.raises(ValueError, match=r"unbatched.*shape \(2,\).*\.batch\(batch_size\)"):
+        recalibrate_batchnorm(model, tf.data.Dataset.from_tensor_slices(x))
+    report = recalibrate_batchnorm(
+        model, tf.data.Dataset.from_tensor_slices(x).repeat().batch(3), num_batches=2
+    )
+    assert report.num_samples == 6
+
+
+@pytest.mark.backend_agnostic
+@pytest.mark.parametrize(
+    ("kwargs", "error", "match"),
+    [
+        ({"method": "fast"}, ValueError, r"`method` must be one of \['exact', 'single_pass'\]"),
+        ({"method": None}, TypeError, "`method`"),
+    ],
+)
+def test_bad_method(kwargs, error, match):
+    with pytest.raises(error, match=match):
+        recalibrate_batchnorm(_stack_model(), np.ones((4, 3)), **kwargs)
+
+
+def test_a_model_that_is_not_a_model_is_refused():
+    with pytest.raises(TypeError, match=r"`model` must be a keras\.Model"):
+        recalibrate_batchnorm(keras.layers.BatchNormalization(), np.ones((4, 3)))
