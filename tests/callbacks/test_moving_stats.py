@@ -280,5 +280,6 @@ def test_load_rejects_a_directory_without_a_log(tmp_path):
     with pytest.raises(FileNotFoundError, match=HEADER_FILE):
         MovingStatsTracker.load(tmp_path)
     (tmp_path / HEADER_FILE).write_text('{"format": "something else"}')
+    (tmp_path / RECORDS_FILE).write_bytes(b"")
     with pytest.raises(ValueError, match="not a"):
         MovingStatsTracker.load(tmp_path)
