@@ -14,10 +14,13 @@ from typing import Any
 __all__ = [
     "RENORM_CLIPPING_KEYS",
     "check_axis",
+    "check_bool",
     "check_choice",
     "check_epsilon",
+    "check_float_array",
     "check_int_sequence",
     "check_momentum",
+    "check_nonnegative_float",
     "check_positive_int",
     "check_probability",
     "check_renorm_clipping",
@@ -242,3 +245,36 @@ def check_choice(name: str, value: Any, choices: Sequence[str]) -> str:
     if value not in choices:
         raise ValueError(f"`{name}` must be one of {list(choices)}, got {value!r}.")
     return value
+
+
+def check_bool(name: str, value: Any) -> bool:
+    """Return `value` if it is a bool (NumPy's included), else raise naming `name`.
+
+    Truthiness is not enough: `"no"` or NaN would silently mean True.
+    """
+    import numpy as np
+
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"`{name}` must be True or False, got {value!r} ({type(value).__name__}).")
+    return bool(value)
+
+
+def check_nonnegative_float(name: str, value: Any) -> float:
+    """Return `value` as a finite float >= 0, else raise naming `name`."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(
+            f"`{name}` must be a finite float >= 0, got {value!r} ({type(value).__name__})."
+        )
+    if not (math.isfinite(float(value)) and float(value) >= 0.0):
+        raise ValueError(f"`{name}` must be a finite float >= 0, got {value!r}.")
+    return float(value)
+
+
+def check_float_array(name: str, value: Any) -> Any:
+    """Return `value` as a float64 NumPy array, else raise `TypeError` naming `name`."""
+    import numpy as np
+
+    try:
+        return np.asarray(value, dtype=np.float64)
+    except (TypeError, ValueError) as error:
+        raise TypeError(f"`{name}` must be an array of numbers, got {value!r}.") from error

@@ -22,6 +22,7 @@ from keras import ops
 from keras_bn_tools._validation import (
     RENORM_CLIPPING_KEYS,
     check_axis,
+    check_bool,
     check_epsilon,
     check_momentum,
     check_positive_int,
@@ -158,6 +159,17 @@ class MomentumBatchNormalization(keras.layers.BatchNormalization):
         **kwargs: Any,
     ) -> None:
         axis = check_axis("axis", axis)
+        center, scale, renorm, synchronized, debias, skip_nonfinite = (
+            check_bool(name, value)
+            for name, value in (
+                ("center", center),
+                ("scale", scale),
+                ("renorm", renorm),
+                ("synchronized", synchronized),
+                ("debias", debias),
+                ("skip_nonfinite", skip_nonfinite),
+            )
+        )
         momentum = check_momentum("momentum", momentum)
         epsilon = check_epsilon("epsilon", epsilon)
         renorm_clipping = check_renorm_clipping(renorm_clipping, renorm=bool(renorm))
@@ -432,11 +444,17 @@ class MomentumBatchNormalization(keras.layers.BatchNormalization):
             (outputs, aggregated mean, aggregated variance); the aggregates
             are the sample-weighted averages of the group statistics.
         """
-        size = self.virtual_batch_size
         dtype = inputs.dtype
         rank = len(inputs.shape)
         shape = ops.shape(inputs)
         batch = shape[0]
+        # A virtual batch larger than the batch is the whole batch: never pad
+        # beyond it (a huge size would allocate the padding).
+        size = self.virtual_batch_size
+        if isinstance(batch, int):
+            size = max(1, min(size, batch))
+        else:  # batch size known only at run time (a traced step)
+            size = ops.minimum(ops.cast(batch, "int32"), min(size, 2**31 - 1))
         pad = (-batch) % size
         padded_rows = batch + pad
 

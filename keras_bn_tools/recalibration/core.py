@@ -42,9 +42,11 @@ def _check_batched(model: keras.Model, batch: Any, source: BatchSource) -> None:
     leaves = keras.tree.flatten(batch)
     if not inputs or len(inputs) != len(leaves):
         return
-    for tensor, leaf in zip(inputs, leaves, strict=True):
-        if len(leaf.shape) != len(tensor.shape) - 1:
-            return
+    ranks = [
+        len(leaf.shape) - len(tensor.shape) for tensor, leaf in zip(inputs, leaves, strict=True)
+    ]
+    if any(rank != -1 for rank in ranks):
+        return
     hint = (
         " Call `.batch(batch_size)` on the tf.data.Dataset."
         if source.is_tf_dataset
@@ -350,9 +352,12 @@ def recalibrate_batchnorm(
         raise ValueError("`data` yielded no samples: cannot compute population statistics.")
     _check_batched(model, first, batches)
 
-    if not model.built:
-        model(first, training=False)
-    order, calls = _call_order(model, layers, first)
+    try:
+        if not model.built:
+            model(first, training=False)
+        order, calls = _call_order(model, layers, first)
+    except (ValueError, TypeError) as error:
+        raise type(error)(f"`data` does not fit model {model.name!r}: {error}") from error
     skipped = [keys[id(layer)] for layer in layers if id(layer) not in calls]
     if skipped:
         warnings.warn(

@@ -39,6 +39,15 @@ def _inputs_of(element: Any) -> Any:
     return element
 
 
+def _check_batch(batch: Any) -> None:
+    leaves = keras.tree.flatten(batch)
+    if not leaves or not all(_is_array(leaf) for leaf in leaves):
+        raise TypeError(
+            "Each batch of `data` must be an array or tensor with a batch axis (or a dict or "
+            f"tuple of them); got {type(batch).__name__}: {batch!r:.80}."
+        )
+
+
 def num_rows(batch: Any) -> int:
     """Rows (samples) in one batch of model inputs."""
     leaves = keras.tree.flatten(batch)
@@ -89,6 +98,8 @@ class BatchSource:
         self._counted = False  # the source's length is known
         self.is_tf_dataset = _is_tf_dataset(data)
 
+        if isinstance(data, (str, bytes)):
+            raise TypeError(f"`data` must be arrays or batches of arrays, got a string {data!r}.")
         if data is None or (hasattr(data, "shape") and len(data.shape) == 0):
             raise ValueError(f"`data` must hold a batch dimension; got {data!r}.")
         x = _inputs_of(data) if isinstance(data, tuple) else data
@@ -118,6 +129,13 @@ class BatchSource:
             )
 
     def _init_arrays(self, x: Any, leaves: list[Any]) -> None:
+        for leaf in leaves:
+            kind = getattr(getattr(leaf, "dtype", None), "kind", "f")
+            if kind not in "biuf":
+                raise TypeError(
+                    f"`data` must hold numbers; got an array of dtype {leaf.dtype} "
+                    f"(shape {tuple(leaf.shape)})."
+                )
         sizes = {int(leaf.shape[0]) for leaf in leaves}
         if len(sizes) != 1:
             raise ValueError(
@@ -180,4 +198,5 @@ class BatchSource:
                     f"`data` has yielded {index} batches and has not ended: an endless "
                     "generator or dataset needs `num_batches` (how many batches to use)."
                 )
+            _check_batch(batch)
             yield batch

@@ -452,3 +452,26 @@ def test_non_trainable_state_is_averaged_across_replicas():
     for variable in layer.non_trainable_variables:
         expected = "only_first_replica" if variable.name == "num_batches_tracked" else "mean"
         assert variable.aggregation == expected, variable.path
+
+
+@pytest.mark.backend_agnostic
+def test_a_virtual_batch_larger_than_the_batch_is_the_whole_batch():
+    # Found by the fuzz test: a huge virtual_batch_size padded the batch to that size.
+    x = np.random.default_rng(11).normal(2.0, 3.0, size=(6, 3)).astype("float32")
+    plain = MomentumBatchNormalization()
+    expected = keras.ops.convert_to_numpy(plain(x, training=True))
+    for size in (6, 7, 2**40):
+        ghost = MomentumBatchNormalization(virtual_batch_size=size)
+        np.testing.assert_allclose(
+            keras.ops.convert_to_numpy(ghost(x, training=True)), expected, rtol=1e-5, atol=1e-5
+        )
+
+
+@pytest.mark.backend_agnostic
+@pytest.mark.parametrize("name", ["center", "scale", "renorm", "debias", "skip_nonfinite"])
+def test_flags_must_be_booleans(name):
+    # Found by the fuzz test: center=float("nan") or debias="no" meant True.
+    for value in ("no", float("nan"), None, 1):
+        with pytest.raises(TypeError, match=f"`{name}` must be True or False"):
+            MomentumBatchNormalization(**{name: value})
+    MomentumBatchNormalization(**{name: np.bool_(False)})
