@@ -152,20 +152,21 @@ def _is_plain(layer: keras.layers.Layer) -> bool:
 
 
 def _normalize(layer: keras.layers.Layer, inputs: Any, mean: Any, variance: Any) -> Any:
-    """Keras BN's training-mode output, without updating any state."""
+    """Keras BN's training-mode output, without updating any state.
+
+    `mean` and `variance` are the batch moments with `keepdims=True`.
+    """
     ops = keras.ops
     x = ops.convert_to_tensor(inputs)
-    dtype = keras.backend.result_type(x.dtype, "float32")
-    outputs = ops.batch_normalization(
-        x=ops.cast(x, dtype),
-        mean=ops.reshape(mean, (-1,)),
-        variance=ops.reshape(variance, (-1,)),
-        axis=layer.axis,
-        offset=ops.cast(layer.beta, dtype) if layer.center else None,
-        scale=ops.cast(layer.gamma, dtype) if layer.scale else None,
-        epsilon=layer.epsilon,
-    )
-    return ops.cast(outputs, layer.compute_dtype)
+    x = ops.cast(x, keras.backend.result_type(x.dtype, "float32"))
+    scale = ops.rsqrt(variance + layer.epsilon)
+    shape = ops.shape(mean)
+    if layer.scale:
+        scale = scale * ops.reshape(ops.cast(layer.gamma, scale.dtype), shape)
+    offset = -mean * scale
+    if layer.center:
+        offset = offset + ops.reshape(ops.cast(layer.beta, scale.dtype), shape)
+    return ops.cast(x * scale + offset, layer.compute_dtype)
 
 
 def _single_pass(
@@ -187,7 +188,9 @@ def _single_pass(
         kwargs["training"] = True
         outputs = original(inputs, *args, **kwargs)
         if getattr(_layer, "batch_variance", None) is not None:  # what the layer itself used
-            mean, variance = _layer.batch_mean.value, _layer.batch_variance.value
+            # Copies: the variables are overwritten by the next batch.
+            mean = keras.ops.copy(keras.ops.convert_to_tensor(_layer.batch_mean))
+            variance = keras.ops.copy(keras.ops.convert_to_tensor(_layer.batch_variance))
         _average.add(mean, variance, count)
         return outputs
 

@@ -109,47 +109,44 @@ class PopulationMoments:
 
 
 class BatchAverage:
-    """The average of per-batch means and variances (fvcore's precise BN), on the device.
+    """The average of per-batch means and variances (fvcore's precise BN).
 
     Every batch (every call of the layer) weighs the same, whatever its size,
-    as in fvcore's `update_bn_stats`. Sums stay in backend tensors so that a
-    pass needs no device-to-host copy per batch; a batch whose statistics are
-    not finite adds nothing (and is counted) without a host round trip.
+    as in fvcore's `update_bn_stats`. The per-batch statistics stay backend
+    tensors until `result()`, so a pass costs no device-to-host copy per
+    batch; a batch whose statistics are not finite is left out and counted.
     """
 
     def __init__(self, axis: int) -> None:
         self.axis = axis
-        self._sums = None  # (sum of means, sum of variances, batches, skipped, values)
+        self._batches: list[tuple[Any, Any, Any]] = []
 
     def add(self, mean: Any, variance: Any, count: Any) -> None:
         """Add one batch's per-feature `mean` and `variance` over `count` values."""
-        ops = keras.ops
-        mean = ops.reshape(ops.cast(mean, "float32"), (-1,))
-        variance = ops.reshape(ops.cast(variance, "float32"), (-1,))
-        finite = ops.logical_and(ops.all(ops.isfinite(mean)), ops.all(ops.isfinite(variance)))
-        finite = ops.logical_and(finite, ops.greater(ops.cast(count, "float32"), 0.0))
-        kept = ops.cast(finite, "float32")
-        terms = (
-            ops.where(finite, mean, 0.0),
-            ops.where(finite, variance, 0.0),
-            kept,
-            1.0 - kept,
-            kept * ops.cast(count, "float32"),
-        )
-        if self._sums is None:
-            self._sums = terms
-        else:
-            self._sums = tuple(a + b for a, b in zip(self._sums, terms, strict=True))
+        self._batches.append((mean, variance, count))
 
     def result(self) -> tuple[np.ndarray | None, np.ndarray | None, int, int, int]:
         """(mean, variance, batches used, batches skipped, values used); means None if none."""
-        if self._sums is None:
+        if not self._batches:
             return None, None, 0, 0, 0
-        mean_sum, variance_sum, used, skipped, values = (_float64(t) for t in self._sums)
-        used, skipped, values = (round(float(n)) for n in (used, skipped, values))
+        ops = keras.ops
+        means = ops.stack([ops.reshape(ops.cast(m, "float32"), (-1,)) for m, _, _ in self._batches])
+        variances = ops.stack(
+            [ops.reshape(ops.cast(v, "float32"), (-1,)) for _, v, _ in self._batches]
+        )
+        means, variances = _float64(means), _float64(variances)
+        counts = np.array([float(ops.convert_to_numpy(c)) for _, _, c in self._batches])
+        kept = np.isfinite(means).all(axis=1) & np.isfinite(variances).all(axis=1) & (counts > 0)
+        used, skipped = int(kept.sum()), int((~kept).sum())
         if used == 0:
             return None, None, 0, skipped, 0
-        return mean_sum / used, variance_sum / used, used, skipped, values
+        return (
+            means[kept].mean(axis=0),
+            variances[kept].mean(axis=0),
+            used,
+            skipped,
+            round(float(counts[kept].sum())),
+        )
 
 
 class StopForward(Exception):
