@@ -170,16 +170,20 @@ def _normalize(layer: keras.layers.Layer, inputs: Any, mean: Any, variance: Any)
 
 
 def _single_pass(
-    model: keras.Model, order: list[keras.layers.Layer], batches: BatchSource
-) -> tuple[dict[int, _Result | None], int, int]:
+    model: keras.Model, layers: list[keras.layers.Layer], batches: BatchSource
+) -> tuple[dict[int, _Result | None], list[keras.layers.Layer], int, int]:
     """Every layer in one training-mode pass; each averages its per-batch statistics.
 
-    Returns (layer id -> result or None when no finite batch, batches, samples).
+    Returns (layer id -> result or None when no finite batch, the layers called
+    in call order, batches, samples).
     """
-    averages = {id(layer): BatchAverage(layer.axis) for layer in order}
+    averages = {id(layer): BatchAverage(layer.axis) for layer in layers}
+    order: list[keras.layers.Layer] = []
 
     def hook(original, inputs, *args, _layer, _average, **kwargs):
         _check_eager(inputs, _layer)
+        if not _average.batches:
+            order.append(_layer)
         mask = kwargs.get("mask")
         count, mean, variance, _ = masked_moments(inputs, mask, _layer.axis)
         if _is_plain(_layer):
@@ -196,18 +200,23 @@ def _single_pass(
 
     seen_batches = seen_samples = 0
     with contextlib.ExitStack() as stack:
-        for layer in order:
+        for layer in layers:
             layer_hook = _bind(hook, _layer=layer, _average=averages[id(layer)])
             stack.enter_context(intercept(layer, layer_hook))
         for batch in batches:
             seen_batches += 1
             seen_samples += num_rows(batch)
-            model(batch, training=True)
+            try:
+                model(batch, training=True)
+            except (ValueError, TypeError) as error:
+                if seen_batches > 1:
+                    raise
+                raise _misfit(model, error) from error
     results: dict[int, _Result | None] = {}
     for layer in order:
         mean, variance, _, skipped, values = averages[id(layer)].result()
         results[id(layer)] = None if mean is None else (mean, variance, values, skipped)
-    return results, seen_batches, seen_samples
+    return results, order, seen_batches, seen_samples
 
 
 def _bind(hook: Callable[..., Any], **bound: Any) -> Callable[..., Any]:
@@ -358,19 +367,14 @@ def recalibrate_batchnorm(
     try:
         if not model.built:
             model(first, training=False)
-        order, calls = _call_order(model, layers, first)
+        # The exact method needs the call order first; the single pass learns it as it goes.
+        order, calls = _call_order(model, layers, first) if method == "exact" else (layers, {})
     except (ValueError, TypeError) as error:
-        raise type(error)(f"`data` does not fit model {model.name!r}: {error}") from error
-    skipped = [keys[id(layer)] for layer in layers if id(layer) not in calls]
-    if skipped:
-        warnings.warn(
-            f"BN layers {skipped} are not called by a forward pass of {model.name!r}; "
-            "their statistics were left unchanged.",
-            stacklevel=2,
-        )
-    backup = _backup(model, order)
+        raise _misfit(model, error) from error
+    backup = _backup(model, layers)
     old = {
-        id(layer): (_float64(layer.moving_mean), _float64(layer.moving_variance)) for layer in order
+        id(layer): (_float64(layer.moving_mean), _float64(layer.moving_variance))
+        for layer in layers
     }
     report = RecalibrationReport()
     report.method = method
@@ -396,7 +400,7 @@ def recalibrate_batchnorm(
         if method == "exact":
             seen = _exact(model, order, calls, batches, commit)
         else:
-            results, *seen = _single_pass(model, order, batches)
+            results, order, *seen = _single_pass(model, layers, batches)
             _restore(backup)  # the training-mode pass touched the layers' state
             for layer in order:
                 commit(layer, results[id(layer)])
@@ -405,12 +409,26 @@ def recalibrate_batchnorm(
         raise
     report.num_batches, report.num_samples = seen
     report.num_skipped_batches = max(item["skipped_batches"] for item in report.values())
+    _warn(model, report, [keys[id(layer)] for layer in layers if keys[id(layer)] not in report])
+    return report
+
+
+def _misfit(model: keras.Model, error: Exception) -> Exception:
+    return type(error)(f"`data` does not fit model {model.name!r}: {error}")
+
+
+def _warn(model: keras.Model, report: RecalibrationReport, uncalled: list[str]) -> None:
+    if uncalled:
+        warnings.warn(
+            f"BN layers {uncalled} are not called by a forward pass of {model.name!r}; "
+            "their statistics were left unchanged.",
+            stacklevel=3,
+        )
     if report.num_skipped_batches:
         bad = [key for key, item in report.items() if item["skipped_batches"]]
         warnings.warn(
             f"recalibrate_batchnorm: up to {report.num_skipped_batches} of "
             f"{report.num_batches} batches had non-finite (NaN or inf) statistics at BN "
             f"layer(s) {bad} and were left out of their statistics.",
-            stacklevel=2,
+            stacklevel=3,
         )
-    return report

@@ -121,6 +121,11 @@ class BatchAverage:
         self.axis = axis
         self._batches: list[tuple[Any, Any, Any]] = []
 
+    @property
+    def batches(self) -> int:
+        """Batches added so far (finite or not)."""
+        return len(self._batches)
+
     def add(self, mean: Any, variance: Any, count: Any) -> None:
         """Add one batch's per-feature `mean` and `variance` over `count` values."""
         self._batches.append((mean, variance, count))

@@ -475,3 +475,12 @@ def test_flags_must_be_booleans(name):
         with pytest.raises(TypeError, match=f"`{name}` must be True or False"):
             MomentumBatchNormalization(**{name: value})
     MomentumBatchNormalization(**{name: np.bool_(False)})
+
+
+@pytest.mark.backend_agnostic
+def test_synchronized_outside_tensorflow_is_refused_naming_the_backend():
+    if keras.backend.backend() == "tensorflow":
+        assert MomentumBatchNormalization(synchronized=True).synchronized
+        return
+    with pytest.raises(ValueError, match=r"synchronized=True.*TensorFlow"):
+        MomentumBatchNormalization(synchronized=True)
