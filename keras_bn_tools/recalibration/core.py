@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import contextlib
 import warnings
-from collections.abc import Callable
 from typing import Any
 
 import keras
@@ -13,21 +11,19 @@ import numpy as np
 from keras_bn_tools._model_utils import batchnorm_layers, layer_keys
 from keras_bn_tools._validation import check_choice, check_positive_int
 from keras_bn_tools.recalibration.data import BatchSource, num_rows
-from keras_bn_tools.recalibration.report import RecalibrationReport, shift_entry
-from keras_bn_tools.recalibration.statistics import (
-    BatchAverage,
-    PopulationMoments,
-    StopForward,
-    intercept,
-    masked_moments,
+from keras_bn_tools.recalibration.passes import (
+    Result,
+    call_order,
+    exact_pass,
+    is_plain,
+    misfit,
+    single_pass,
 )
+from keras_bn_tools.recalibration.report import RecalibrationReport, shift_entry
 
 __all__ = ["METHODS", "recalibrate_batchnorm"]
 
 METHODS = ("exact", "single_pass")
-
-#: One layer's result: (mean, variance, values averaged, batches skipped).
-_Result = tuple[np.ndarray, np.ndarray, int, int]
 
 
 # --------------------------------------------------------------------------- checks
@@ -59,178 +55,7 @@ def _check_batched(model: keras.Model, batch: Any, source: BatchSource) -> None:
     )
 
 
-def _check_eager(inputs: Any, layer: keras.layers.Layer) -> None:
-    """Statistics are read batch by batch: a traced call (TimeDistributed over a time
-    axis of unknown length maps its layer with a vectorized, traced function) cannot be."""
-    if not keras.ops.is_tensor(inputs):
-        return
-    if keras.backend.backend() == "tensorflow":
-        import tensorflow as tf
-
-        traced = not tf.executing_eagerly()
-    elif keras.backend.backend() == "jax":
-        import jax
-
-        traced = isinstance(inputs, jax.core.Tracer)
-    else:
-        traced = False
-    if traced:
-        raise ValueError(
-            f"Cannot recalibrate BN layer {layer.name!r} of `model`: it is called inside a "
-            "traced function (e.g. `TimeDistributed` over a time axis of unknown length, "
-            "which maps it with a vectorized function). Give the time axis a fixed length "
-            "in `keras.Input`, or recalibrate a model where the BN layer is not wrapped."
-        )
-
-
-# --------------------------------------------------------------------------- passes
-
-
-def _call_order(model: keras.Model, layers: list[keras.layers.Layer], batch: Any):
-    """Run one batch in inference mode; return the BN layers in call order and call counts."""
-    order: list[keras.layers.Layer] = []
-    calls: dict[int, int] = {}
-    with contextlib.ExitStack() as stack:
-        for layer in layers:
-
-            def hook(original, inputs, *args, _layer=layer, **kwargs):
-                if id(_layer) not in calls:
-                    order.append(_layer)
-                calls[id(_layer)] = calls.get(id(_layer), 0) + 1
-                return original(inputs, *args, **kwargs)
-
-            stack.enter_context(intercept(layer, hook))
-        model(batch, training=False)
-    return order, calls
-
-
-def _exact(
-    model: keras.Model,
-    order: list[keras.layers.Layer],
-    calls: dict[int, int],
-    batches: BatchSource,
-    commit: Callable[[keras.layers.Layer, _Result], None],
-) -> tuple[int, int]:
-    """Layer by layer in call order, in inference mode, each pass stopping at its layer.
-
-    `commit` writes a layer's statistics before the next layer's pass, which
-    must see them. Returns (batches, samples) of one pass.
-    """
-    seen_batches = seen_samples = 0
-    for layer in order:
-        moments = PopulationMoments(layer.axis)
-        stop_early = calls[id(layer)] == 1
-
-        def hook(original, inputs, *args, _moments=moments, _stop=stop_early, _layer=layer, **kw):
-            _check_eager(inputs, _layer)
-            _moments.add_batch(inputs, kw.get("mask"))
-            if _stop:
-                raise StopForward
-            return original(inputs, *args, **kw)
-
-        seen_batches = seen_samples = 0
-        with intercept(layer, hook):
-            for batch in batches:
-                seen_batches += 1
-                seen_samples += num_rows(batch)
-                with contextlib.suppress(StopForward):
-                    model(batch, training=False)
-        if moments.mean is None:
-            commit(layer, None)
-        else:
-            commit(layer, (moments.mean, moments.variance, round(moments.count), moments.skipped))
-    return seen_batches, seen_samples
-
-
-def _is_plain(layer: keras.layers.Layer) -> bool:
-    """A BN layer whose training-mode output is `batch_normalization` with the batch moments."""
-    return (
-        layer.trainable
-        and not getattr(layer, "renorm", False)
-        and getattr(layer, "virtual_batch_size", None) is None
-    )
-
-
-def _normalize(layer: keras.layers.Layer, inputs: Any, mean: Any, variance: Any) -> Any:
-    """Keras BN's training-mode output, without updating any state.
-
-    `mean` and `variance` are the batch moments with `keepdims=True`.
-    """
-    ops = keras.ops
-    x = ops.convert_to_tensor(inputs)
-    x = ops.cast(x, keras.backend.result_type(x.dtype, "float32"))
-    scale = ops.rsqrt(variance + layer.epsilon)
-    shape = ops.shape(mean)
-    if layer.scale:
-        scale = scale * ops.reshape(ops.cast(layer.gamma, scale.dtype), shape)
-    offset = -mean * scale
-    if layer.center:
-        offset = offset + ops.reshape(ops.cast(layer.beta, scale.dtype), shape)
-    return ops.cast(x * scale + offset, layer.compute_dtype)
-
-
-def _single_pass(
-    model: keras.Model, layers: list[keras.layers.Layer], batches: BatchSource
-) -> tuple[dict[int, _Result | None], list[keras.layers.Layer], int, int]:
-    """Every layer in one training-mode pass; each averages its per-batch statistics.
-
-    Returns (layer id -> result or None when no finite batch, the layers called
-    in call order, batches, samples).
-    """
-    averages = {id(layer): BatchAverage(layer.axis) for layer in layers}
-    order: list[keras.layers.Layer] = []
-
-    def hook(original, inputs, *args, _layer, _average, **kwargs):
-        _check_eager(inputs, _layer)
-        if not _average.batches:
-            order.append(_layer)
-        mask = kwargs.get("mask")
-        count, mean, variance, _ = masked_moments(inputs, mask, _layer.axis)
-        if _is_plain(_layer):
-            _average.add(mean, variance, count)
-            return _normalize(_layer, inputs, mean, variance)
-        kwargs["training"] = True
-        outputs = original(inputs, *args, **kwargs)
-        if getattr(_layer, "batch_variance", None) is not None:  # what the layer itself used
-            # Copies: the variables are overwritten by the next batch.
-            mean = keras.ops.copy(keras.ops.convert_to_tensor(_layer.batch_mean))
-            variance = keras.ops.copy(keras.ops.convert_to_tensor(_layer.batch_variance))
-        _average.add(mean, variance, count)
-        return outputs
-
-    seen_batches = seen_samples = 0
-    with contextlib.ExitStack() as stack:
-        for layer in layers:
-            layer_hook = _bind(hook, _layer=layer, _average=averages[id(layer)])
-            stack.enter_context(intercept(layer, layer_hook))
-        for batch in batches:
-            seen_batches += 1
-            seen_samples += num_rows(batch)
-            try:
-                model(batch, training=True)
-            except (ValueError, TypeError) as error:
-                if seen_batches > 1:
-                    raise
-                raise _misfit(model, error) from error
-    results: dict[int, _Result | None] = {}
-    for layer in order:
-        mean, variance, _, skipped, values = averages[id(layer)].result()
-        results[id(layer)] = None if mean is None else (mean, variance, values, skipped)
-    return results, order, seen_batches, seen_samples
-
-
-def _bind(hook: Callable[..., Any], **bound: Any) -> Callable[..., Any]:
-    def bound_hook(original, inputs, *args, **kwargs):
-        return hook(original, inputs, *args, **bound, **kwargs)
-
-    return bound_hook
-
-
 # --------------------------------------------------------------------------- writing
-
-
-def _float64(variable: Any) -> np.ndarray:
-    return np.asarray(keras.ops.convert_to_numpy(variable), dtype=np.float64)
 
 
 def _set_statistics(layer: keras.layers.Layer, mean: np.ndarray, variance: np.ndarray) -> None:
@@ -368,18 +193,22 @@ def recalibrate_batchnorm(
         if not model.built:
             model(first, training=False)
         # The exact method needs the call order first; the single pass learns it as it goes.
-        order, calls = _call_order(model, layers, first) if method == "exact" else (layers, {})
+        order, calls = call_order(model, layers, first) if method == "exact" else (layers, {})
     except (ValueError, TypeError) as error:
-        raise _misfit(model, error) from error
+        raise misfit(model, error) from error
     backup = _backup(model, layers)
+    values = {id(variable): value for variable, value in backup}
     old = {
-        id(layer): (_float64(layer.moving_mean), _float64(layer.moving_variance))
+        id(layer): (
+            np.asarray(values[id(layer.moving_mean)], np.float64),
+            np.asarray(values[id(layer.moving_variance)], np.float64),
+        )
         for layer in layers
     }
     report = RecalibrationReport()
     report.method = method
 
-    def commit(layer: keras.layers.Layer, result: _Result | None) -> None:
+    def commit(layer: keras.layers.Layer, result: Result | None) -> None:
         if result is None:
             raise ValueError(
                 f"`data` gave BN layer {keys[id(layer)]!r} no finite, unmasked values: cannot "
@@ -398,10 +227,13 @@ def recalibrate_batchnorm(
 
     try:
         if method == "exact":
-            seen = _exact(model, order, calls, batches, commit)
+            seen = exact_pass(model, order, calls, batches, commit)
         else:
-            results, order, *seen = _single_pass(model, layers, batches)
-            _restore(backup)  # the training-mode pass touched the layers' state
+            results, order, *seen = single_pass(model, layers, batches)
+            # The training-mode pass touched the state of the layers it ran
+            # (Dropout's seeds, non-plain BN); plain BN layers were not updated.
+            untouched = {id(v) for layer in layers if is_plain(layer) for v in layer.variables}
+            _restore([(v, value) for v, value in backup if id(v) not in untouched])
             for layer in order:
                 commit(layer, results[id(layer)])
     except BaseException:
@@ -411,10 +243,6 @@ def recalibrate_batchnorm(
     report.num_skipped_batches = max(item["skipped_batches"] for item in report.values())
     _warn(model, report, [keys[id(layer)] for layer in layers if keys[id(layer)] not in report])
     return report
-
-
-def _misfit(model: keras.Model, error: Exception) -> Exception:
-    return type(error)(f"`data` does not fit model {model.name!r}: {error}")
 
 
 def _warn(model: keras.Model, report: RecalibrationReport, uncalled: list[str]) -> None:

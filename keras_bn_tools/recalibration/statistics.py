@@ -134,13 +134,9 @@ class BatchAverage:
         """(mean, variance, batches used, batches skipped, values used); means None if none."""
         if not self._batches:
             return None, None, 0, 0, 0
-        ops = keras.ops
-        means = ops.stack([ops.reshape(ops.cast(m, "float32"), (-1,)) for m, _, _ in self._batches])
-        variances = ops.stack(
-            [ops.reshape(ops.cast(v, "float32"), (-1,)) for _, v, _ in self._batches]
-        )
-        means, variances = _float64(means), _float64(variances)
-        counts = np.array([float(ops.convert_to_numpy(c)) for _, _, c in self._batches])
+        means = np.stack([_float64(m).reshape(-1) for m, _, _ in self._batches])
+        variances = np.stack([_float64(v).reshape(-1) for _, v, _ in self._batches])
+        counts = np.array([float(keras.ops.convert_to_numpy(c)) for _, _, c in self._batches])
         kept = np.isfinite(means).all(axis=1) & np.isfinite(variances).all(axis=1) & (counts > 0)
         used, skipped = int(kept.sum()), int((~kept).sum())
         if used == 0:

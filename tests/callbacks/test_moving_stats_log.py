@@ -128,3 +128,19 @@ def test_a_model_built_by_fit_is_recorded_once_built(every):
     if every == 2 and not built_at_start:
         expected = [1, 2, 4, 6, 8]
     np.testing.assert_array_equal(tracker.steps, expected)
+
+
+@pytest.mark.backend_agnostic
+def test_bn_inside_time_distributed_is_tracked():
+    # batchnorm_layers finds wrapped BN; the tracker records its statistics.
+    bn = keras.layers.BatchNormalization(name="bn")
+    model = keras.Sequential([keras.Input((3, 2)), keras.layers.TimeDistributed(bn)])
+    model.compile(optimizer="sgd", loss="mse")
+    x = np.random.default_rng(1).normal(4.0, 1.0, size=(8, 3, 2)).astype("float32")
+    tracker = MovingStatsTracker()
+    model.fit(x, x, batch_size=4, epochs=1, verbose=0, callbacks=[tracker])
+    history = tracker.history["bn"]["moving_mean"]
+    assert history.shape == (2, 2)
+    np.testing.assert_array_equal(history[0], 0.0)
+    np.testing.assert_array_equal(history[-1], keras.ops.convert_to_numpy(bn.moving_mean))
+    assert (history[-1] > 0).all()
