@@ -432,3 +432,52 @@ def test_bad_method(kwargs, error, match):
 def test_a_model_that_is_not_a_model_is_refused():
     with pytest.raises(TypeError, match=r"`model` must be a keras\.Model"):
         recalibrate_batchnorm(keras.layers.BatchNormalization(), np.ones((4, 3)))
+
+
+@pytest.mark.backend_agnostic
+def test_sequential_models_reuse_each_bn_input_with_identical_results(monkeypatch):
+    # Exact recalibration of a flat Sequential starts each pass from the previous BN
+    # layer's kept inputs; the statistics are the very ones of full passes.
+    from keras_bn_tools.recalibration import passes
+
+    rng = np.random.default_rng(10)
+    x = (rng.normal(size=(37, 4, 3)) * 2 + 1).astype("float32")
+    x[::3, 2:] = 0.0  # masked time steps
+
+    def build():
+        keras.utils.set_random_seed(3)
+        return keras.Sequential(
+            [
+                keras.Input((4, 3)),
+                keras.layers.Masking(0.0),
+                keras.layers.Dense(5, activation="relu"),
+                keras.layers.BatchNormalization(),
+                keras.layers.Dropout(0.5),
+                keras.layers.Dense(4),
+                MomentumBatchNormalization(debias=True),
+                keras.layers.Dense(3, activation="tanh"),
+                keras.layers.BatchNormalization(),
+            ]
+        )
+
+    results = {}
+    for budget in (passes.MAX_CACHE_BYTES, 0):  # 0: no cache, every pass from the data
+        monkeypatch.setattr(passes, "MAX_CACHE_BYTES", budget)
+        model = build()
+        calls = []
+        dense = model.layers[1]  # run once per pass without the cache
+
+        def counted(*args, _original=dense.call, _calls=calls, **kwargs):
+            _calls.append(1)
+            return _original(*args, **kwargs)
+
+        monkeypatch.setattr(dense, "call", counted)
+        report = recalibrate_batchnorm(model, x, batch_size=8)
+        results[budget] = [
+            _np(v) for layer in batchnorm_layers(model) for v in layer.non_trainable_weights
+        ]
+        assert report.num_batches == 5 and report.num_samples == 37
+        # probe + first pass with the cache; probe + one pass per BN layer without it
+        assert len(calls) == (1 + 5 if budget else 1 + 3 * 5)
+    for cached, full in zip(results[passes.MAX_CACHE_BYTES], results[0], strict=True):
+        np.testing.assert_array_equal(cached, full)

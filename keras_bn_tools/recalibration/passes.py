@@ -24,7 +24,16 @@ from keras_bn_tools.recalibration.statistics import (
     masked_moments,
 )
 
-__all__ = ["Result", "call_order", "exact_pass", "is_plain", "misfit", "single_pass"]
+__all__ = [
+    "MAX_CACHE_BYTES",
+    "Result",
+    "call_order",
+    "exact_pass",
+    "is_plain",
+    "misfit",
+    "sequential_positions",
+    "single_pass",
+]
 
 #: One layer's result: (mean, variance, values averaged, batches skipped).
 Result = tuple[np.ndarray, np.ndarray, int, int]
@@ -79,6 +88,27 @@ def call_order(model: keras.Model, layers: list[keras.layers.Layer], batch: Any)
     return order, calls
 
 
+#: Activations a Sequential model's exact recalibration may keep in memory.
+MAX_CACHE_BYTES = 1 << 30
+
+
+def sequential_positions(
+    model: keras.Model, order: list[keras.layers.Layer], calls: dict[int, int]
+) -> list[int] | None:
+    """Where each BN layer sits in a flat `Sequential`, or None if the cached path does not apply.
+
+    It applies when every BN layer is a direct child of the Sequential model,
+    called once per forward pass, in the order of `model.layers`.
+    """
+    if not isinstance(model, keras.Sequential):
+        return None
+    index = {id(layer): i for i, layer in enumerate(model.layers)}
+    if any(id(layer) not in index or calls.get(id(layer)) != 1 for layer in order):
+        return None
+    positions = [index[id(layer)] for layer in order]
+    return positions if positions == sorted(positions) else None
+
+
 def exact_pass(
     model: keras.Model,
     order: list[keras.layers.Layer],
@@ -89,32 +119,84 @@ def exact_pass(
     """Layer by layer in call order, in inference mode, each pass stopping at its layer.
 
     `commit` writes a layer's statistics before the next layer's pass, which
-    must see them. Returns (batches, samples) of one pass.
+    must see them. In a flat `Sequential` the input of each BN layer is kept
+    (up to `MAX_CACHE_BYTES`), so the next pass starts from it instead of from
+    the data: the same layers, called the same way, on the same values, at a
+    fraction of the cost. Returns (batches, samples) of one pass.
     """
+    positions = sequential_positions(model, order, calls)
+    cache: _Cache | None = None  # the previous BN layer's inputs and masks
     seen_batches = seen_samples = 0
-    for layer in order:
+    for k, layer in enumerate(order):
         moments = PopulationMoments(layer.axis)
         stop_early = calls[id(layer)] == 1
+        keep = _Cache() if positions is not None else None
 
-        def hook(original, inputs, *args, _moments=moments, _stop=stop_early, _layer=layer, **kw):
+        def hook(original, inputs, *args, _moments=moments, _stop=stop_early, _layer=layer,
+                 _keep=keep, **kw):  # fmt: skip
             check_eager(inputs, _layer)
             _moments.add_batch(inputs, kw.get("mask"))
+            if _keep is not None:
+                _keep.add(inputs, kw.get("mask"))
             if _stop:
                 raise StopForward
             return original(inputs, *args, **kw)
 
-        seen_batches = seen_samples = 0
         with intercept(layer, hook):
-            for batch in batches:
-                seen_batches += 1
-                seen_samples += num_rows(batch)
-                with contextlib.suppress(StopForward):
-                    model(batch, training=False)
+            if cache is None or not cache.complete:
+                seen_batches, seen_samples = _run_model(model, batches)
+            else:  # start from the previous BN layer's inputs
+                segment = model.layers[positions[k - 1] : positions[k] + 1]
+                _run_segment(segment, cache)
+        cache = keep
         if moments.mean is None:
             commit(layer, None)
         else:
             commit(layer, (moments.mean, moments.variance, round(moments.count), moments.skipped))
     return seen_batches, seen_samples
+
+
+class _Cache:
+    """A BN layer's inputs (and masks), batch by batch, up to `MAX_CACHE_BYTES`."""
+
+    def __init__(self) -> None:
+        self.items: list[tuple[Any, Any]] = []
+        self.size = 0
+        self.complete = True
+
+    def add(self, inputs: Any, mask: Any) -> None:
+        if not self.complete:
+            return
+        itemsize = np.dtype(keras.backend.standardize_dtype(inputs.dtype)).itemsize
+        self.size += math.prod(inputs.shape) * itemsize
+        if self.size > MAX_CACHE_BYTES:
+            self.complete, self.items = False, []
+        else:
+            self.items.append((inputs, mask))
+
+
+def _run_model(model: keras.Model, batches: BatchSource) -> tuple[int, int]:
+    """Run every batch through `model` in inference mode (a hook stops it); count them."""
+    seen_batches = seen_samples = 0
+    for batch in batches:
+        seen_batches += 1
+        seen_samples += num_rows(batch)
+        with contextlib.suppress(StopForward):
+            model(batch, training=False)
+    return seen_batches, seen_samples
+
+
+def _run_segment(segment: list[keras.layers.Layer], cache: _Cache) -> None:
+    """Run the previous BN layer's inputs through `segment` (previous BN ... this BN).
+
+    The layers are called as `Sequential.call` calls them, one by one in
+    inference mode; Keras passes each output's mask on to the next layer.
+    """
+    for hidden, mask in cache.items:
+        hidden = segment[0](hidden, training=False, mask=mask)
+        for inner in segment[1:]:
+            with contextlib.suppress(StopForward):
+                hidden = inner(hidden, training=False)
 
 
 def is_plain(layer: keras.layers.Layer) -> bool:
