@@ -229,6 +229,7 @@ def test_nested_shared_and_masked_layers():
     _assert_population(seq.get_layer("m"), xs[:, :3].reshape(-1, 2))
 
 
+@pytest.mark.backend_agnostic
 def test_debiased_momentum_layer_continues_from_the_new_statistics():
     bn = MomentumBatchNormalization(momentum=0.9, debias=True)
     model = keras.Sequential([keras.Input((2,)), bn, keras.layers.Dense(1)])
@@ -250,6 +251,7 @@ def test_debiased_momentum_layer_continues_from_the_new_statistics():
     np.testing.assert_allclose(_np(bn.moving_mean), expected, rtol=1e-5)
 
 
+@pytest.mark.backend_agnostic
 def test_renorm_layers_keep_moving_stddev_consistent():
     bn = keras.layers.BatchNormalization(renorm=True)
     model = keras.Sequential([keras.Input((2,)), bn])
@@ -325,6 +327,7 @@ def test_bad_inputs(data, kwargs, error, match):
         recalibrate_batchnorm(_stack_model(), data, **kwargs)
 
 
+@pytest.mark.backend_agnostic
 def test_a_model_without_bn_is_an_error():
     model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
     with pytest.raises(ValueError, match="no batch normalization layer"):
@@ -429,6 +432,7 @@ def test_bad_method(kwargs, error, match):
         recalibrate_batchnorm(_stack_model(), np.ones((4, 3)), **kwargs)
 
 
+@pytest.mark.backend_agnostic
 def test_a_model_that_is_not_a_model_is_refused():
     with pytest.raises(TypeError, match=r"`model` must be a keras\.Model"):
         recalibrate_batchnorm(keras.layers.BatchNormalization(), np.ones((4, 3)))

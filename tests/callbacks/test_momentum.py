@@ -127,11 +127,13 @@ def test_only_momentum_layers_are_scheduled_in_nested_models():
     assert model.get_layer("plain_bn").momentum == 0.9
 
 
+@pytest.mark.backend_agnostic
 def test_schedule_must_be_callable():
     with pytest.raises(TypeError, match="callable"):
         MomentumScheduler(0.9)
 
 
+@pytest.mark.backend_agnostic
 @pytest.mark.parametrize(
     ("value", "error", "match"),
     [
@@ -153,6 +155,7 @@ def test_schedule_values_are_checked(value, error, match):
         )
 
 
+@pytest.mark.backend_agnostic
 def test_models_without_momentum_layers_are_refused_with_what_was_found():
     model = keras.Sequential(
         [

@@ -32,6 +32,7 @@ def _write(tmp_path, header_text, records):
     return tmp_path
 
 
+@pytest.mark.backend_agnostic
 def test_the_good_log_loads(good_log):
     log_dir, _, _ = good_log
     assert len(MovingStatsTracker.load(log_dir)) == 2
@@ -61,6 +62,7 @@ def _corrupt_headers(header):
     ]
 
 
+@pytest.mark.backend_agnostic
 def test_a_corrupt_or_inconsistent_header_names_the_file_and_the_problem(tmp_path, good_log):
     _, header, records = good_log
     for text, match in _corrupt_headers(header):
@@ -70,6 +72,7 @@ def test_a_corrupt_or_inconsistent_header_names_the_file_and_the_problem(tmp_pat
         assert HEADER_FILE in str(caught.value)
 
 
+@pytest.mark.backend_agnostic
 def test_a_missing_records_file_is_an_error_not_an_empty_log(tmp_path, good_log):
     _, header, _ = good_log
     (tmp_path / HEADER_FILE).write_text(json.dumps(header))
@@ -92,6 +95,7 @@ def test_log_dir_that_cannot_be_a_directory_fails_at_construction(tmp_path):
     assert not (tmp_path / "new").exists()  # and nothing created before fit
 
 
+@pytest.mark.backend_agnostic
 def test_a_read_only_place_fails_at_construction(tmp_path, monkeypatch):
     # As on a read-only file system (where os.access denies writing, even to root).
     monkeypatch.setattr(os, "access", lambda path, mode: False)
@@ -99,6 +103,7 @@ def test_a_read_only_place_fails_at_construction(tmp_path, monkeypatch):
         MovingStatsTracker(log_dir=tmp_path / "logs")
 
 
+@pytest.mark.backend_agnostic
 def test_a_log_dir_that_breaks_after_construction_names_log_dir(tmp_path):
     model = keras.Sequential([keras.Input((3,)), keras.layers.BatchNormalization()])
     model.compile(optimizer="sgd", loss="mse")
