@@ -178,10 +178,13 @@ def check_renorm_clipping(value: Any, *, renorm: bool) -> dict[str, float | None
     return clipping
 
 
-def check_statistic(name: str, value: Any, shape: tuple[int, ...], *, variance: bool) -> Any:
-    """Return `value` as a float64 NumPy array of `shape`: finite (and >= 0 for a variance).
+def check_statistic(
+    name: str, value: Any, shape: tuple[int, ...], *, variance: bool, dtype: str = "float64"
+) -> Any:
+    """Return `value` as a NumPy array of `shape` and `dtype`: finite (and >= 0 for a variance).
 
-    A scalar is broadcast to `shape`.
+    A scalar is broadcast to `shape`. Finiteness is checked in `dtype`: a
+    float64 value beyond float32's range is refused for a float32 variable.
     """
     import numpy as np
 
@@ -198,11 +201,13 @@ def check_statistic(name: str, value: Any, shape: tuple[int, ...], *, variance: 
                 f"array of shape {array.shape}."
             )
         array = np.full(shape, float(array))
-    if not np.isfinite(array).all():
-        raise ValueError(f"`{name}` must be finite, got {array!r}.")
-    if variance and (array < 0).any():
+    with np.errstate(over="ignore"):
+        converted = array.astype(dtype)
+    if not np.isfinite(converted).all():
+        raise ValueError(f"`{name}` must be finite in {dtype}, got {array!r}.")
+    if variance and (converted < 0).any():
         raise ValueError(f"`{name}` must be >= 0 (a variance), got {array!r}.")
-    return array
+    return converted
 
 
 # --------------------------------------------------------------------------- file system

@@ -635,8 +635,9 @@ class MomentumBatchNormalization(keras.layers.BatchNormalization):
                 "it is not built yet. Call it on data or `build(input_shape)` first."
             )
         shape = tuple(int(d) for d in self.moving_mean.shape)
-        mean = check_statistic("mean", mean, shape, variance=False)
-        variance = check_statistic("variance", variance, shape, variance=True)
+        dtype = keras.backend.standardize_dtype(self.moving_mean.dtype)
+        mean = check_statistic("mean", mean, shape, variance=False, dtype=dtype)
+        variance = check_statistic("variance", variance, shape, variance=True, dtype=dtype)
         self._check_attached("the moving statistics")
         dtype = self.moving_mean.dtype
         mean = ops.cast(mean, dtype)

@@ -9,7 +9,7 @@ import keras
 import numpy as np
 
 from keras_bn_tools._model_utils import batchnorm_layers, layer_keys
-from keras_bn_tools._validation import check_choice, check_positive_int
+from keras_bn_tools._validation import check_choice, check_positive_int, check_statistic
 from keras_bn_tools.recalibration.data import BatchSource, num_rows
 from keras_bn_tools.recalibration.passes import (
     Result,
@@ -69,6 +69,11 @@ def _set_statistics(layer: keras.layers.Layer, mean: np.ndarray, variance: np.nd
         dtype = keras.backend.standardize_dtype(variable.dtype)
         variable.assign(np.asarray(value, dtype=dtype))
 
+    # Statistics beyond the variables' float range would be written as inf.
+    dtype = keras.backend.standardize_dtype(layer.moving_mean.dtype)
+    shape = tuple(mean.shape)
+    mean = check_statistic("mean", mean, shape, variance=False, dtype=dtype)
+    variance = check_statistic("variance", variance, shape, variance=True, dtype=dtype)
     assign(layer.moving_mean, mean)
     assign(layer.moving_variance, variance)
     # Keras's batch renormalization derives moving_variance from moving_stddev

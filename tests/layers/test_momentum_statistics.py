@@ -406,6 +406,7 @@ def test_set_moving_statistics_refuses_what_would_break_inference():
         ([0.0, 0.0], [1.0, -1e-9], r"`variance` must be >= 0"),
         ([0.0, np.nan], [1.0, 1.0], "`mean` must be finite"),
         ([0.0, 0.0], [np.inf, 1.0], "`variance` must be finite"),
+        ([0.0, 0.0], [1e39, 1.0], "`variance` must be finite in float32"),  # overflows
         ([0.0, 0.0, 0.0], [1.0, 1.0], r"`mean` must have shape \(2,\).*shape \(3,\)"),
         ([0.0, 0.0], [[1.0, 1.0]], r"`variance` must have shape \(2,\)"),
     ]
