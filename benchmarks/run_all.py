@@ -1,6 +1,6 @@
 """Run every benchmark, one after another, each in its own process.
 
-    python benchmarks/run_all.py            # all four, default settings
+    python benchmarks/run_all.py            # all five, default settings
     python benchmarks/run_all.py fold_speed layer_overhead
 
 Each benchmark measures its variants side by side in one process and prints
@@ -13,7 +13,13 @@ import subprocess
 import sys
 from pathlib import Path
 
-BENCHMARKS = ("layer_overhead", "tracker_overhead", "fold_speed", "study_speed")
+BENCHMARKS = (
+    "layer_overhead",
+    "tracker_overhead",
+    "recalibration_speed",
+    "fold_speed",
+    "study_speed",
+)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -6,14 +6,29 @@ argument, shows the bad value and says what is allowed.
 
 from __future__ import annotations
 
+import math
 import numbers
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 __all__ = [
+    "MAX_SEED",
+    "RENORM_CLIPPING_KEYS",
+    "check_axis",
+    "check_bool",
+    "check_choice",
+    "check_epsilon",
+    "check_float_array",
+    "check_int_in_range",
     "check_int_sequence",
+    "check_momentum",
+    "check_nonnegative_float",
     "check_positive_int",
     "check_probability",
+    "check_renorm_clipping",
+    "check_seeds",
+    "check_statistic",
+    "check_writable_directory",
 ]
 
 
@@ -63,6 +78,216 @@ def check_probability(name: str, value: Any, *, allow_none: bool = False) -> flo
     return float(value)
 
 
+# --------------------------------------------------------------------------- layer arguments
+# Shared by MomentumBatchNormalization, the recurrent BN layers and the callbacks.
+
+
+def check_axis(name: str, value: Any) -> int:
+    """Return `value` as an int (a feature axis; negative counts from the end)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(
+            f"`{name}` must be an integer (the feature axis, e.g. -1), got {value!r} "
+            f"({type(value).__name__})."
+        )
+    return int(value)
+
+
+def check_epsilon(name: str, value: Any) -> float:
+    """Return `value` as a positive, finite float.
+
+    Raises:
+        TypeError: if `value` is not a real number (a bool is not one).
+        ValueError: if it is not positive and finite.
+    """
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(
+            f"`{name}` must be a positive float, got {value!r} ({type(value).__name__})."
+        )
+    if not (math.isfinite(float(value)) and float(value) > 0.0):
+        raise ValueError(f"`{name}` must be a positive, finite float, got {value!r}.")
+    return float(value)
+
+
+def check_momentum(name: str, value: Any) -> float | None:
+    """Return a BN momentum: a float in [0, 1], or None (a cumulative average)."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(
+            f"`{name}` must be a float in [0, 1] or None (a cumulative average), got "
+            f"{value!r} ({type(value).__name__})."
+        )
+    if not 0.0 <= float(value) <= 1.0:
+        raise ValueError(
+            f"`{name}` must be a float in [0, 1] or None (a cumulative average), got {value!r}."
+        )
+    return float(value)
+
+
+RENORM_CLIPPING_KEYS = ("rmax", "rmin", "dmax")
+
+
+def check_renorm_clipping(value: Any, *, renorm: bool) -> dict[str, float | None] | None:
+    """Return batch renorm's clipping dict, checked.
+
+    Keys are optional among `"rmax"`, `"rmin"`, `"dmax"` (a missing key or None
+    means no clipping on that side). The clip range of `r` must hold 1 (the
+    correction that changes nothing): `0 <= rmin <= 1 <= rmax`; `dmax >= 0`; all
+    finite. Clipping without `renorm=True` would be silently ignored, so it is an
+    error.
+    """
+    if value is None:
+        return None
+    if not isinstance(value, Mapping):
+        raise TypeError(
+            "`renorm_clipping` must be None or a dict with optional keys "
+            f"{list(RENORM_CLIPPING_KEYS)}, got {value!r} ({type(value).__name__})."
+        )
+    unknown = sorted(set(value) - set(RENORM_CLIPPING_KEYS), key=str)
+    if unknown:
+        raise ValueError(
+            f"Invalid keys {unknown} in `renorm_clipping`={dict(value)!r}. "
+            f"Allowed keys: {list(RENORM_CLIPPING_KEYS)}."
+        )
+    if value and not renorm:
+        raise ValueError(
+            f"`renorm_clipping`={dict(value)!r} has no effect without `renorm=True`; pass "
+            "`renorm=True` or drop `renorm_clipping`."
+        )
+    clipping: dict[str, float | None] = {}
+    for key, item in value.items():
+        if item is None:
+            clipping[key] = None
+            continue
+        if isinstance(item, bool) or not isinstance(item, numbers.Real):
+            raise TypeError(
+                f"`renorm_clipping[{key!r}]` must be a float or None, got {item!r} "
+                f"({type(item).__name__})."
+            )
+        if not math.isfinite(float(item)):
+            raise ValueError(
+                f"`renorm_clipping[{key!r}]` must be finite (None means no clipping), got {item!r}."
+            )
+        clipping[key] = float(item)
+    rmax, rmin, dmax = (clipping.get(key) for key in RENORM_CLIPPING_KEYS)
+    if rmin is not None and not 0.0 <= rmin <= 1.0:
+        raise ValueError(f"`renorm_clipping['rmin']` must be in [0, 1], got {rmin!r}.")
+    if rmax is not None and rmax < 1.0:
+        raise ValueError(
+            f"`renorm_clipping['rmax']` must be >= 1 (r = 1 changes nothing), got {rmax!r}."
+        )
+    if dmax is not None and dmax < 0:
+        raise ValueError(f"`renorm_clipping['dmax']` must be >= 0, got {dmax!r}.")
+    return clipping
+
+
+def check_statistic(
+    name: str, value: Any, shape: tuple[int, ...], *, variance: bool, dtype: str = "float64"
+) -> Any:
+    """Return `value` as a NumPy array of `shape` and `dtype`: finite (and >= 0 for a variance).
+
+    A scalar is broadcast to `shape`. Finiteness is checked in `dtype`: a
+    float64 value beyond float32's range is refused for a float32 variable.
+    """
+    import numpy as np
+
+    try:
+        array = np.asarray(value, dtype=np.float64)
+    except (TypeError, ValueError) as error:
+        raise TypeError(
+            f"`{name}` must be an array of numbers of shape {shape}, got {value!r}."
+        ) from error
+    if array.shape != tuple(shape):
+        if array.ndim != 0:
+            raise ValueError(
+                f"`{name}` must have shape {tuple(shape)} (one value per feature), got an "
+                f"array of shape {array.shape}."
+            )
+        array = np.full(shape, float(array))
+    with np.errstate(over="ignore"):
+        converted = array.astype(dtype)
+    if not np.isfinite(converted).all():
+        raise ValueError(f"`{name}` must be finite in {dtype}, got {array!r}.")
+    if variance and (converted < 0).any():
+        raise ValueError(f"`{name}` must be >= 0 (a variance), got {array!r}.")
+    return converted
+
+
+# --------------------------------------------------------------------------- file system
+
+
+def check_writable_directory(name: str, value: Any) -> str:
+    """Return `value` as a path where a directory exists or can be created and written.
+
+    Checked without creating anything: the path must not be an existing file,
+    and its deepest existing ancestor must be a writable directory.
+    """
+    import os
+
+    if not isinstance(value, (str, os.PathLike)):
+        raise TypeError(f"`{name}` must be a path (str or os.PathLike), got {value!r}.")
+    path = os.fspath(value)
+    if isinstance(path, bytes) or not path:
+        raise ValueError(f"`{name}` must be a non-empty path, got {value!r}.")
+    absolute = os.path.abspath(path)
+    if os.path.exists(absolute) and not os.path.isdir(absolute):
+        raise ValueError(f"`{name}`={path!r} is an existing file, not a directory.")
+    existing = absolute
+    while not os.path.exists(existing):
+        existing = os.path.dirname(existing)
+    if not os.path.isdir(existing):
+        raise ValueError(
+            f"`{name}`={path!r} cannot be created: {existing!r} is a file, not a directory."
+        )
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ValueError(f"`{name}`={path!r} is not writable: no write permission on {existing!r}.")
+    return path
+
+
+def check_choice(name: str, value: Any, choices: Sequence[str]) -> str:
+    """Return `value` lower-cased if it is one of `choices` (any case), else raise naming `name`."""
+    if not isinstance(value, str):
+        raise TypeError(
+            f"`{name}` must be one of {list(choices)}, got {value!r} ({type(value).__name__})."
+        )
+    if value.lower() not in choices:
+        raise ValueError(f"`{name}` must be one of {list(choices)}, got {value!r}.")
+    return value.lower()
+
+
+def check_bool(name: str, value: Any) -> bool:
+    """Return `value` if it is a bool (NumPy's included), else raise naming `name`.
+
+    Truthiness is not enough: `"no"` or NaN would silently mean True.
+    """
+    import numpy as np
+
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"`{name}` must be True or False, got {value!r} ({type(value).__name__}).")
+    return bool(value)
+
+
+def check_nonnegative_float(name: str, value: Any) -> float:
+    """Return `value` as a finite float >= 0, else raise naming `name`."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(
+            f"`{name}` must be a finite float >= 0, got {value!r} ({type(value).__name__})."
+        )
+    if not (math.isfinite(float(value)) and float(value) >= 0.0):
+        raise ValueError(f"`{name}` must be a finite float >= 0, got {value!r}.")
+    return float(value)
+
+
+def check_float_array(name: str, value: Any) -> Any:
+    """Return `value` as a float64 NumPy array, else raise `TypeError` naming `name`."""
+    import numpy as np
+
+    try:
+        return np.asarray(value, dtype=np.float64)
+    except (TypeError, ValueError) as error:
+        raise TypeError(f"`{name}` must be an array of numbers, got {value!r}.") from error
+
+
 def check_int_in_range(
     name: str, value: Any, *, minimum: int | None = None, maximum: int | None = None
 ) -> int:
@@ -79,18 +304,6 @@ def check_int_in_range(
         high = "inf" if maximum is None else str(maximum)
         raise ValueError(f"`{name}` must be an integer in [{low}, {high}], got {value!r}.")
     return value
-
-
-def check_choice(name: str, value: Any, choices: Sequence[str]) -> str:
-    """Return `value` lower-cased if it is one of `choices` (case-insensitive), else raise."""
-    if not isinstance(value, str):
-        raise TypeError(
-            f"`{name}` must be one of {', '.join(map(repr, choices))}, got {value!r} "
-            f"({type(value).__name__})."
-        )
-    if value.lower() not in choices:
-        raise ValueError(f"`{name}` must be one of {', '.join(map(repr, choices))}, got {value!r}.")
-    return value.lower()
 
 
 #: Seeds go to `keras.utils.set_random_seed`, which seeds NumPy: 32-bit unsigned.

@@ -229,6 +229,7 @@ def test_nested_shared_and_masked_layers():
     _assert_population(seq.get_layer("m"), xs[:, :3].reshape(-1, 2))
 
 
+@pytest.mark.backend_agnostic
 def test_debiased_momentum_layer_continues_from_the_new_statistics():
     bn = MomentumBatchNormalization(momentum=0.9, debias=True)
     model = keras.Sequential([keras.Input((2,)), bn, keras.layers.Dense(1)])
@@ -250,6 +251,7 @@ def test_debiased_momentum_layer_continues_from_the_new_statistics():
     np.testing.assert_allclose(_np(bn.moving_mean), expected, rtol=1e-5)
 
 
+@pytest.mark.backend_agnostic
 def test_renorm_layers_keep_moving_stddev_consistent():
     bn = keras.layers.BatchNormalization(renorm=True)
     model = keras.Sequential([keras.Input((2,)), bn])
@@ -325,7 +327,161 @@ def test_bad_inputs(data, kwargs, error, match):
         recalibrate_batchnorm(_stack_model(), data, **kwargs)
 
 
+@pytest.mark.backend_agnostic
 def test_a_model_without_bn_is_an_error():
     model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
     with pytest.raises(ValueError, match="no batch normalization layer"):
         recalibrate_batchnorm(model, np.ones((4, 2)))
+
+
+# ------------------------------------------------------- issue 16: nothing silently wrong
+
+
+def _single_bn_model():
+    bn = keras.layers.BatchNormalization(name="bn")
+    return keras.Sequential([keras.Input((2,)), bn]), bn
+
+
+@pytest.mark.backend_agnostic
+@pytest.mark.parametrize("count", [2, 3, 4])
+def test_a_list_of_arrays_is_a_list_of_batches(count):
+    # Item 1: a list was read as (x, y): two batches used only the first, three a third
+    # of the data, four raised a misleading error.
+    rng = np.random.default_rng(8)
+    batches = [rng.normal(i, 1.0 + i, size=(5 + i, 2)).astype("float32") for i in range(count)]
+    model, bn = _single_bn_model()
+    report = recalibrate_batchnorm(model, batches)
+    everything = np.concatenate(batches).astype(np.float64)
+    np.testing.assert_allclose(_np(bn.moving_mean), everything.mean(0), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(_np(bn.moving_variance), everything.var(0), rtol=1e-5)
+    assert (report.num_batches, report.num_samples) == (count, len(everything))
+
+
+@pytest.mark.backend_agnostic
+@pytest.mark.parametrize("method", ["exact", "single_pass"])
+def test_non_finite_batches_are_skipped_counted_and_warned_about(method):
+    # Item 2: one NaN wrote NaN moving statistics without a word.
+    rng = np.random.default_rng(9)
+    x = rng.normal(size=(30, 2)).astype("float32")
+    x[12, 1] = np.nan
+    x[25, 0] = np.inf
+    model, bn = _single_bn_model()
+    with pytest.warns(UserWarning, match="2 of 3 batches had non-finite"):
+        report = recalibrate_batchnorm(model, x, batch_size=10, method=method)
+    kept = x[:10].astype(np.float64)
+    np.testing.assert_allclose(_np(bn.moving_mean), kept.mean(0), rtol=1e-5)
+    np.testing.assert_allclose(_np(bn.moving_variance), kept.var(0), rtol=1e-5)
+    assert report.num_skipped_batches == 2 and report["bn"]["skipped_batches"] == 2
+    assert report["bn"]["num_values"] == 10
+    assert "2 non-finite skipped" in str(report)
+
+
+@pytest.mark.backend_agnostic
+@pytest.mark.parametrize("method", ["exact", "single_pass"])
+def test_data_without_a_finite_batch_is_an_error_and_changes_nothing(method):
+    model, bn = _single_bn_model()
+    x = np.full((8, 2), np.nan, "float32")
+    with pytest.raises(ValueError, match="no finite, unmasked values"):
+        recalibrate_batchnorm(model, x, method=method)
+    np.testing.assert_array_equal(_np(bn.moving_mean), 0.0)
+    np.testing.assert_array_equal(_np(bn.moving_variance), 1.0)
+
+
+@pytest.mark.backend_agnostic
+def test_an_endless_generator_without_num_batches_is_refused(monkeypatch):
+    # Item 14: it hung (caching forever) without a word.
+    from keras_bn_tools.recalibration import BatchSource
+
+    monkeypatch.setattr(BatchSource, "max_uncounted_batches", 20)
+
+    def endless():
+        while True:
+            yield np.ones((2, 2), "float32")
+
+    model, _ = _single_bn_model()
+    with pytest.raises(ValueError, match="`num_batches`"):
+        recalibrate_batchnorm(model, endless())
+    report = recalibrate_batchnorm(model, endless(), num_batches=30)
+    assert report.num_batches == 30
+
+
+def test_endless_and_unbatched_tf_datasets_are_refused_with_a_hint():
+    tf = pytest.importorskip("tensorflow")
+    model, _ = _single_bn_model()
+    x = np.ones((6, 2), "float32")
+    with pytest.raises(ValueError, match=r"endless tf\.data\.Dataset.*`num_batches`"):
+        recalibrate_batchnorm(model, tf.data.Dataset.from_tensor_slices(x).repeat())
+    with pytest.raises(ValueError, match=r"unbatched.*shape \(2,\).*\.batch\(batch_size\)"):
+        recalibrate_batchnorm(model, tf.data.Dataset.from_tensor_slices(x))
+    report = recalibrate_batchnorm(
+        model, tf.data.Dataset.from_tensor_slices(x).repeat().batch(3), num_batches=2
+    )
+    assert report.num_samples == 6
+
+
+@pytest.mark.backend_agnostic
+@pytest.mark.parametrize(
+    ("kwargs", "error", "match"),
+    [
+        ({"method": "fast"}, ValueError, r"`method` must be one of \['exact', 'single_pass'\]"),
+        ({"method": None}, TypeError, "`method`"),
+    ],
+)
+def test_bad_method(kwargs, error, match):
+    with pytest.raises(error, match=match):
+        recalibrate_batchnorm(_stack_model(), np.ones((4, 3)), **kwargs)
+
+
+@pytest.mark.backend_agnostic
+def test_a_model_that_is_not_a_model_is_refused():
+    with pytest.raises(TypeError, match=r"`model` must be a keras\.Model"):
+        recalibrate_batchnorm(keras.layers.BatchNormalization(), np.ones((4, 3)))
+
+
+@pytest.mark.backend_agnostic
+def test_sequential_models_reuse_each_bn_input_with_identical_results(monkeypatch):
+    # Exact recalibration of a flat Sequential starts each pass from the previous BN
+    # layer's kept inputs; the statistics are the very ones of full passes.
+    from keras_bn_tools.recalibration import passes
+
+    rng = np.random.default_rng(10)
+    x = (rng.normal(size=(37, 4, 3)) * 2 + 1).astype("float32")
+    x[::3, 2:] = 0.0  # masked time steps
+
+    def build():
+        keras.utils.set_random_seed(3)
+        return keras.Sequential(
+            [
+                keras.Input((4, 3)),
+                keras.layers.Masking(0.0),
+                keras.layers.Dense(5, activation="relu"),
+                keras.layers.BatchNormalization(),
+                keras.layers.Dropout(0.5),
+                keras.layers.Dense(4),
+                MomentumBatchNormalization(debias=True),
+                keras.layers.Dense(3, activation="tanh"),
+                keras.layers.BatchNormalization(),
+            ]
+        )
+
+    results = {}
+    for budget in (passes.MAX_CACHE_BYTES, 0):  # 0: no cache, every pass from the data
+        monkeypatch.setattr(passes, "MAX_CACHE_BYTES", budget)
+        model = build()
+        calls = []
+        dense = model.layers[1]  # run once per pass without the cache
+
+        def counted(*args, _original=dense.call, _calls=calls, **kwargs):
+            _calls.append(1)
+            return _original(*args, **kwargs)
+
+        monkeypatch.setattr(dense, "call", counted)
+        report = recalibrate_batchnorm(model, x, batch_size=8)
+        results[budget] = [
+            _np(v) for layer in batchnorm_layers(model) for v in layer.non_trainable_weights
+        ]
+        assert report.num_batches == 5 and report.num_samples == 37
+        # probe + first pass with the cache; probe + one pass per BN layer without it
+        assert len(calls) == (1 + 5 if budget else 1 + 3 * 5)
+    for cached, full in zip(results[passes.MAX_CACHE_BYTES], results[0], strict=True):
+        np.testing.assert_array_equal(cached, full)

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import collections
-import numbers
 from collections.abc import Callable
 
 import keras
 
 from keras_bn_tools._model_utils import batchnorm_layers
+from keras_bn_tools._validation import check_momentum
 
 __all__ = ["MomentumScheduler"]
 
@@ -37,10 +37,11 @@ class MomentumScheduler(keras.callbacks.Callback):
         history: dict epoch -> the momentum applied at that epoch.
 
     Raises:
-        TypeError: at construction, if `schedule` is not callable.
         ValueError: when training starts, if the model has no
             `MomentumBatchNormalization`; at an epoch start, if `schedule`
-            returns something other than a float in [0, 1] or None.
+            returns a number outside [0, 1] (NaN included).
+        TypeError: at construction, if `schedule` is not callable; at an
+            epoch start, if `schedule` returns neither a number nor None.
 
     Example:
         ```python
@@ -77,19 +78,7 @@ class MomentumScheduler(keras.callbacks.Callback):
             )
 
     def on_epoch_begin(self, epoch, logs=None):
-        momentum = self.schedule(epoch)
-        if momentum is not None:
-            if isinstance(momentum, bool) or not isinstance(momentum, numbers.Real):
-                raise ValueError(
-                    f"MomentumScheduler: schedule({epoch}) returned {momentum!r} "
-                    f"({type(momentum).__name__}); expected a float in [0, 1] or None."
-                )
-            momentum = float(momentum)
-            if not 0.0 <= momentum <= 1.0:
-                raise ValueError(
-                    f"MomentumScheduler: schedule({epoch}) returned {momentum!r}; "
-                    "expected a float in [0, 1] or None."
-                )
+        momentum = check_momentum(f"schedule({epoch})", self.schedule(epoch))
         for layer in self._layers:
             layer.momentum = momentum
         self.history[epoch] = momentum

@@ -1,23 +1,6 @@
 """Record how BN moving statistics (and gamma/beta) evolve during training.
 
-On-disk format (`log_dir`)
---------------------------
-Two files, written by one tracker run:
-
-- `moving_stats.json`: a small header written once at the start of training:
-  format name and version, `every`, the tracked layers and stats, and the
-  record layout (`fields`: name, dtype, shape; for statistic fields also the
-  layer key and stat name).
-- `moving_stats.bin`: fixed-size little-endian binary records, one per
-  snapshot, appended with a single unbuffered `write` to a file opened in
-  append mode. A record is a NumPy structured row: `step` (int64), `epoch`
-  (int64), then one field per (layer, stat) of that variable's dtype and
-  shape. Every record has the same size, so recording the 1000th snapshot
-  costs what the first did, and a crash (or a callback that raises) leaves
-  every earlier record on disk. A torn last record is ignored when reading.
-
-`MovingStatsTracker.load(log_dir)` reads both back with `numpy.frombuffer`
-into the same `MovingStatsLog` the tracker keeps in memory.
+The on-disk format of `log_dir` is described in `keras_bn_tools.callbacks.stats_log`.
 """
 
 from __future__ import annotations
@@ -38,160 +21,23 @@ from keras_bn_tools._model_utils import (
     layer_keys,
     statistic_variables,
 )
+from keras_bn_tools._validation import check_writable_directory
+from keras_bn_tools.callbacks.stats_log import (
+    HEADER_FILE,
+    INDEX_FIELDS,
+    RECORDS_FILE,
+    MovingStatsLog,
+)
 
-__all__ = ["ALLOWED_STATS", "MovingStatsLog", "MovingStatsTracker"]
+__all__ = [
+    "ALLOWED_STATS",
+    "HEADER_FILE",
+    "RECORDS_FILE",
+    "MovingStatsLog",
+    "MovingStatsTracker",
+]
 
 ALLOWED_STATS = BN_STATISTICS
-HEADER_FILE = "moving_stats.json"
-RECORDS_FILE = "moving_stats.bin"
-FORMAT = "keras-bn-tools/moving-stats"
-FORMAT_VERSION = 1
-_INDEX_FIELDS = (("step", "<i8"), ("epoch", "<i8"))
-
-
-def _record_dtype(fields: Sequence[dict[str, Any]]) -> np.dtype:
-    return np.dtype([(f["name"], f["dtype"], tuple(f.get("shape", ()))) for f in fields])
-
-
-class MovingStatsLog:
-    """Snapshots of BN statistics, stored as rows of one NumPy structured array.
-
-    Appending a record is amortized O(1) (a capacity-doubling buffer); the
-    arrays handed out by `history`, `steps` and `epochs` are read-only views
-    of the first `len(self)` rows, built once per new record.
-
-    Attributes:
-        every: the tracker's `every` (`"epoch"` or an int).
-        layers: tracked layer keys, in call order.
-        stats: the requested stat names.
-    """
-
-    def __init__(
-        self,
-        fields: Sequence[dict[str, Any]],
-        *,
-        every: str | int,
-        layers: Sequence[str],
-        stats: Sequence[str],
-        records: np.ndarray | None = None,
-    ):
-        self.fields = [dict(f) for f in fields]
-        self.every = every
-        self.layers = list(layers)
-        self.stats = list(stats)
-        self.dtype = _record_dtype(self.fields)
-        if records is None:
-            records = np.zeros(16, dtype=self.dtype)
-            self._size = 0
-        else:
-            self._size = len(records)
-        self._records = records
-        self._views: dict[str, Any] | None = None
-
-    # -- writing
-    def new_row(self) -> np.ndarray:
-        """A zeroed one-row array of this log's dtype, to fill and `append`."""
-        return np.zeros(1, dtype=self.dtype)
-
-    def append(self, row: np.ndarray) -> None:
-        """Append a one-row structured array (see `new_row`)."""
-        if self._size == len(self._records):
-            grown = np.zeros(max(16, 2 * len(self._records)), dtype=self.dtype)
-            grown[: self._size] = self._records[: self._size]
-            self._records = grown
-        self._records[self._size] = row[0]
-        self._size += 1
-        self._views = None
-
-    # -- reading
-    def __len__(self) -> int:
-        return self._size
-
-    def _view(self, name: str) -> np.ndarray:
-        view = self._records[name][: self._size]
-        view.flags.writeable = False
-        return view
-
-    def _build_views(self) -> dict[str, Any]:
-        if self._views is None:
-            history: dict[str, dict[str, np.ndarray]] = {key: {} for key in self.layers}
-            for field in self.fields:
-                if "layer" in field:
-                    history[field["layer"]][field["stat"]] = self._view(field["name"])
-            self._views = {
-                "history": history,
-                "steps": self._view("step"),
-                "epochs": self._view("epoch"),
-            }
-        return self._views
-
-    @property
-    def history(self) -> dict[str, dict[str, np.ndarray]]:
-        """`history[layer][stat]`: array of shape (records, features), oldest first.
-
-        A stat the layer lacks (gamma with `scale=False`, beta with
-        `center=False`) is absent from that layer's dict.
-        """
-        return self._build_views()["history"]
-
-    @property
-    def steps(self) -> np.ndarray:
-        """int64 array: training steps (batches) completed in this run at each record."""
-        return self._build_views()["steps"]
-
-    @property
-    def epochs(self) -> np.ndarray:
-        """int64 array: epochs completed in this run at each record."""
-        return self._build_views()["epochs"]
-
-    def header(self) -> dict[str, Any]:
-        """The JSON header describing this log's records."""
-        return {
-            "format": FORMAT,
-            "version": FORMAT_VERSION,
-            "every": self.every,
-            "layers": self.layers,
-            "stats": self.stats,
-            "record_bytes": self.dtype.itemsize,
-            "fields": self.fields,
-        }
-
-    @classmethod
-    def load(cls, log_dir: str | os.PathLike) -> MovingStatsLog:
-        """Read a log written by `MovingStatsTracker(log_dir=...)`."""
-        header_path = os.path.join(log_dir, HEADER_FILE)
-        if not os.path.exists(header_path):
-            raise FileNotFoundError(
-                f"No moving-statistics log in {os.fspath(log_dir)!r}: {HEADER_FILE} is missing."
-            )
-        with open(header_path, encoding="utf-8") as f:
-            header = json.load(f)
-        if header.get("format") != FORMAT or header.get("version") != FORMAT_VERSION:
-            raise ValueError(
-                f"{header_path} is not a {FORMAT} version {FORMAT_VERSION} header "
-                f"(format={header.get('format')!r}, version={header.get('version')!r})."
-            )
-        dtype = _record_dtype(header["fields"])
-        records_path = os.path.join(log_dir, RECORDS_FILE)
-        raw = b""
-        if os.path.exists(records_path):
-            with open(records_path, "rb") as f:
-                raw = f.read()
-        count = len(raw) // dtype.itemsize  # a torn last record is dropped
-        records = np.frombuffer(raw, dtype=dtype, count=count).copy()
-        return cls(
-            header["fields"],
-            every=header["every"],
-            layers=header["layers"],
-            stats=header["stats"],
-            records=records,
-        )
-
-    def __repr__(self) -> str:
-        return (
-            f"<MovingStatsLog every={self.every!r} layers={self.layers} stats={self.stats} "
-            f"records={len(self)}>"
-        )
 
 
 def _parse_every(every: Any) -> str | int:
@@ -311,9 +157,9 @@ class MovingStatsTracker(keras.callbacks.Callback):
         self.every = _parse_every(every)
         self.layer_names = _parse_layers(layers)
         self.stats = _parse_stats(stats)
-        if log_dir is not None and not isinstance(log_dir, (str, os.PathLike)):
-            raise TypeError(f"`log_dir` must be a path or None, got {log_dir!r}.")
-        self.log_dir = None if log_dir is None else os.fspath(log_dir)
+        # Checked now (an existing file, a path under a file, a read-only
+        # place), not when `fit` starts.
+        self.log_dir = None if log_dir is None else check_writable_directory("log_dir", log_dir)
         # Epoch mode reads nothing per batch, so Keras may dispatch the
         # (no-op) batch hook asynchronously.
         self.async_safe = self.every == "epoch"
@@ -367,17 +213,9 @@ class MovingStatsTracker(keras.callbacks.Callback):
             )
         return [(key, layer) for key, layer in named if key in self.layer_names]
 
-    def _start_log(self) -> None:
-        tracked = self._tracked_layers()
-        if not tracked:
-            raise ValueError(
-                f"MovingStatsTracker: model {self.model.name!r} has no batch normalization layer."
-            )
-        fields: list[dict[str, Any]] = [{"name": n, "dtype": d} for n, d in _INDEX_FIELDS]
+    def _start_log(self, tracked: list[tuple[str, keras.layers.Layer]]) -> None:
+        fields: list[dict[str, Any]] = [{"name": n, "dtype": d} for n, d in INDEX_FIELDS]
         self._variables = []
-        for key, layer in tracked:
-            if not layer.built:
-                raise ValueError(f"MovingStatsTracker: BN layer {key!r} is not built.")
         for key, stat, variable in statistic_variables(tracked, self.stats):
             fields.append(
                 {
@@ -401,14 +239,23 @@ class MovingStatsTracker(keras.callbacks.Callback):
         )
         self._close()
         if self.log_dir is not None:
-            os.makedirs(self.log_dir, exist_ok=True)
-            records_path = os.path.join(self.log_dir, RECORDS_FILE)
-            open(records_path, "wb").close()  # replace an earlier run's records
-            header_path = os.path.join(self.log_dir, HEADER_FILE)
-            with open(header_path + ".tmp", "w", encoding="utf-8") as f:
-                json.dump(self._log.header(), f, indent=1)
-            os.replace(header_path + ".tmp", header_path)
-            self._file = open(records_path, "ab", buffering=0)  # noqa: SIM115 - kept open
+            try:
+                self._open_log_files()
+            except OSError as error:
+                raise OSError(
+                    f"MovingStatsTracker cannot write its log to `log_dir`={self.log_dir!r}: "
+                    f"{error}"
+                ) from error
+
+    def _open_log_files(self) -> None:
+        os.makedirs(self.log_dir, exist_ok=True)
+        records_path = os.path.join(self.log_dir, RECORDS_FILE)
+        open(records_path, "wb").close()  # replace an earlier run's records
+        header_path = os.path.join(self.log_dir, HEADER_FILE)
+        with open(header_path + ".tmp", "w", encoding="utf-8") as f:
+            json.dump(self._log.header(), f, indent=1)
+        os.replace(header_path + ".tmp", header_path)
+        self._file = open(records_path, "ab", buffering=0)  # noqa: SIM115 - kept open
 
     def _record(self, step: int, epoch: int) -> None:
         sync = getattr(self.model, "jax_state_sync", None)
@@ -434,13 +281,23 @@ class MovingStatsTracker(keras.callbacks.Callback):
 
     # -- Keras hooks
     def on_train_begin(self, logs=None):
-        self._start_log()
+        self._tracked = self._tracked_layers()
+        if not self._tracked:
+            raise ValueError(
+                f"MovingStatsTracker: model {self.model.name!r} has no batch normalization layer."
+            )
+        self._log = None
         self._first_epoch = None
         self._epochs_done = 0
         self._step = 0
         self._epoch_base_step = 0
         self._start_iterations = self._optimizer_steps()
-        self._record(0, 0)
+        # A model without keras.Input (a Sequential on TensorFlow) is built by the
+        # first training step: recording then starts after that step.
+        self._waiting_for_build = not all(layer.built for _, layer in self._tracked)
+        if not self._waiting_for_build:
+            self._start_log(self._tracked)
+            self._record(0, 0)
 
     def on_epoch_begin(self, epoch, logs=None):
         if self._first_epoch is None:
@@ -449,10 +306,12 @@ class MovingStatsTracker(keras.callbacks.Callback):
         self._epoch_base_step = self._step
 
     def on_train_batch_end(self, batch, logs=None):
-        if self.every == "epoch":
-            return
         step = self._epoch_base_step + int(batch) + 1
-        if step // self.every > self._step // self.every:
+        if self._waiting_for_build:
+            self._waiting_for_build = False
+            self._start_log(self._tracked)
+            self._record(step, self._epochs_done)
+        elif self.every != "epoch" and step // self.every > self._step // self.every:
             self._record(step, self._epochs_done)
         self._step = step
 

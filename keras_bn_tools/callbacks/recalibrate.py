@@ -7,8 +7,13 @@ from typing import Any
 import keras
 
 from keras_bn_tools._model_utils import batchnorm_layers
-from keras_bn_tools._validation import check_positive_int
-from keras_bn_tools.recalibration import RecalibrationReport, _Batches, recalibrate_batchnorm
+from keras_bn_tools._validation import check_choice, check_positive_int
+from keras_bn_tools.recalibration import (
+    METHODS,
+    BatchSource,
+    RecalibrationReport,
+    recalibrate_batchnorm,
+)
 
 __all__ = ["RecalibrateBatchNorm"]
 
@@ -32,6 +37,8 @@ class RecalibrateBatchNorm(keras.callbacks.Callback):
         num_batches: use at most this many batches (default: all).
         when: `"train_end"` or `"epoch_end"`.
         batch_size: rows per batch for in-memory arrays.
+        method: `"exact"` (default) or `"single_pass"`, as for
+            `recalibrate_batchnorm`.
         verbose: 1 prints the recalibration report each time.
 
     Attributes:
@@ -39,7 +46,7 @@ class RecalibrateBatchNorm(keras.callbacks.Callback):
         reports: every report, oldest first.
 
     Raises:
-        ValueError: at construction for a bad `when`, `num_batches`,
+        ValueError: at construction for a bad `when`, `method`, `num_batches`,
             `batch_size` or empty in-memory data; when training starts if the
             model has no BN layer.
     """
@@ -51,18 +58,18 @@ class RecalibrateBatchNorm(keras.callbacks.Callback):
         when: str = "train_end",
         *,
         batch_size: int = 32,
+        method: str = "exact",
         verbose: int = 0,
     ):
         super().__init__()
-        if when not in _WHEN:
-            raise ValueError(f"`when` must be one of {list(_WHEN)}, got {when!r}.")
+        self.when = check_choice("when", when, _WHEN)
+        self.method = check_choice("method", method, METHODS)
         self.num_batches = check_positive_int("num_batches", num_batches, allow_none=True)
         self.batch_size = check_positive_int("batch_size", batch_size)
         self.data = data
         # Checks in-memory data now (empty arrays raise) and keeps a generator's
         # cache across recalibrations.
-        self._batches = _Batches(data, self.batch_size, self.num_batches)
-        self.when = when
+        self._batches = BatchSource(data, self.batch_size, self.num_batches)
         self.verbose = verbose
         self.report: RecalibrationReport | None = None
         self.reports: list[RecalibrationReport] = []
@@ -75,7 +82,7 @@ class RecalibrateBatchNorm(keras.callbacks.Callback):
             )
 
     def _recalibrate(self) -> None:
-        self.report = recalibrate_batchnorm(self.model, self._batches)
+        self.report = recalibrate_batchnorm(self.model, self._batches, method=self.method)
         self.reports.append(self.report)
         if self.verbose:
             keras.utils.io_utils.print_msg(f"\n{self.report}")

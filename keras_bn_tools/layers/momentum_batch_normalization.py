@@ -13,78 +13,25 @@ own layer runs on (TensorFlow and JAX are tested).
 
 from __future__ import annotations
 
-import math
-import numbers
-from collections.abc import Mapping
 from typing import Any
 
 import keras
 import numpy as np
 from keras import ops
 
-from keras_bn_tools._validation import check_positive_int, check_probability
+from keras_bn_tools._validation import (
+    RENORM_CLIPPING_KEYS,
+    check_axis,
+    check_bool,
+    check_epsilon,
+    check_momentum,
+    check_positive_int,
+    check_probability,
+    check_renorm_clipping,
+    check_statistic,
+)
 
 __all__ = ["MomentumBatchNormalization"]
-
-_RENORM_CLIPPING_KEYS = ("rmax", "rmin", "dmax")
-
-
-def _check_axis(axis: Any) -> int:
-    if isinstance(axis, bool) or not isinstance(axis, numbers.Integral):
-        raise TypeError(
-            f"`axis` must be an integer (the feature axis, e.g. -1), got {axis!r} "
-            f"({type(axis).__name__})."
-        )
-    return int(axis)
-
-
-def _check_epsilon(epsilon: Any) -> float:
-    if isinstance(epsilon, bool) or not isinstance(epsilon, numbers.Real):
-        raise TypeError(
-            f"`epsilon` must be a positive float, got {epsilon!r} ({type(epsilon).__name__})."
-        )
-    if not (math.isfinite(float(epsilon)) and float(epsilon) > 0.0):
-        raise ValueError(f"`epsilon` must be a positive, finite float, got {epsilon!r}.")
-    return float(epsilon)
-
-
-def _check_renorm_clipping(renorm_clipping: Any) -> dict[str, float | None] | None:
-    if renorm_clipping is None:
-        return None
-    if not isinstance(renorm_clipping, Mapping):
-        raise TypeError(
-            "`renorm_clipping` must be None or a dict with optional keys "
-            f"{list(_RENORM_CLIPPING_KEYS)}, got {renorm_clipping!r} "
-            f"({type(renorm_clipping).__name__})."
-        )
-    unknown = sorted(set(renorm_clipping) - set(_RENORM_CLIPPING_KEYS), key=str)
-    if unknown:
-        raise ValueError(
-            f"Invalid keys {unknown} in `renorm_clipping`={dict(renorm_clipping)!r}. "
-            f"Allowed keys: {list(_RENORM_CLIPPING_KEYS)}."
-        )
-    clipping: dict[str, float | None] = {}
-    for key, value in renorm_clipping.items():
-        if value is None:
-            clipping[key] = None
-            continue
-        if isinstance(value, bool) or not isinstance(value, numbers.Real):
-            raise TypeError(
-                f"`renorm_clipping[{key!r}]` must be a float or None, got {value!r} "
-                f"({type(value).__name__})."
-            )
-        clipping[key] = float(value)
-    rmax, rmin, dmax = (clipping.get(key) for key in _RENORM_CLIPPING_KEYS)
-    if rmin is not None and rmin < 0:
-        raise ValueError(f"`renorm_clipping['rmin']` must be >= 0, got {rmin!r}.")
-    if rmax is not None and rmin is not None and rmax < rmin:
-        raise ValueError(
-            "`renorm_clipping['rmax']` must be >= `renorm_clipping['rmin']`, got "
-            f"rmax={rmax!r}, rmin={rmin!r}."
-        )
-    if dmax is not None and dmax < 0:
-        raise ValueError(f"`renorm_clipping['dmax']` must be >= 0, got {dmax!r}.")
-    return clipping
 
 
 def _detached_by_jax_trainer(variable: keras.Variable) -> bool:
@@ -152,7 +99,8 @@ class MomentumBatchNormalization(keras.layers.BatchNormalization):
             the inference statistics track the mean and the standard deviation
             with `momentum` (`moving_variance = relu(moving_stddev**2 - epsilon)`).
         renorm_clipping: dict with optional keys `"rmax"`, `"rmin"`, `"dmax"`
-            (missing ones mean no clipping on that side).
+            (missing ones mean no clipping on that side): finite,
+            `0 <= rmin <= 1 <= rmax`, `dmax >= 0`. Only with `renorm=True`.
         renorm_momentum: momentum of the renorm statistics, in [0, 1].
         synchronized: TensorFlow only: compute the batch statistics over all
             replicas of a `tf.distribute` strategy (not for ghost batches,
@@ -210,10 +158,21 @@ class MomentumBatchNormalization(keras.layers.BatchNormalization):
         skip_nonfinite: bool = True,
         **kwargs: Any,
     ) -> None:
-        axis = _check_axis(axis)
-        momentum = check_probability("momentum", momentum, allow_none=True)
-        epsilon = _check_epsilon(epsilon)
-        renorm_clipping = _check_renorm_clipping(renorm_clipping)
+        axis = check_axis("axis", axis)
+        center, scale, renorm, synchronized, debias, skip_nonfinite = (
+            check_bool(name, value)
+            for name, value in (
+                ("center", center),
+                ("scale", scale),
+                ("renorm", renorm),
+                ("synchronized", synchronized),
+                ("debias", debias),
+                ("skip_nonfinite", skip_nonfinite),
+            )
+        )
+        momentum = check_momentum("momentum", momentum)
+        epsilon = check_epsilon("epsilon", epsilon)
+        renorm_clipping = check_renorm_clipping(renorm_clipping, renorm=bool(renorm))
         renorm_momentum = check_probability("renorm_momentum", renorm_momentum)
         virtual_batch_size = check_positive_int(
             "virtual_batch_size", virtual_batch_size, allow_none=True
@@ -262,7 +221,7 @@ class MomentumBatchNormalization(keras.layers.BatchNormalization):
 
     @momentum.setter
     def momentum(self, value: float | None) -> None:
-        value = check_probability("momentum", value, allow_none=True)
+        value = check_momentum("momentum", value)
         variables = getattr(self, "_momentum_variables", None)
         if variables is not None:
             self._check_attached("momentum")
@@ -485,11 +444,17 @@ class MomentumBatchNormalization(keras.layers.BatchNormalization):
             (outputs, aggregated mean, aggregated variance); the aggregates
             are the sample-weighted averages of the group statistics.
         """
-        size = self.virtual_batch_size
         dtype = inputs.dtype
         rank = len(inputs.shape)
         shape = ops.shape(inputs)
         batch = shape[0]
+        # A virtual batch larger than the batch is the whole batch: never pad
+        # beyond it (a huge size would allocate the padding).
+        size = self.virtual_batch_size
+        if isinstance(batch, int):
+            size = max(1, min(size, batch))
+        else:  # batch size known only at run time (a traced step)
+            size = ops.minimum(ops.cast(batch, "int32"), min(size, 2**31 - 1))
         pad = (-batch) % size
         padded_rows = batch + pad
 
@@ -552,7 +517,7 @@ class MomentumBatchNormalization(keras.layers.BatchNormalization):
         )
         r = ops.divide(stddev, renorm_stddev)
         d = ops.divide(ops.subtract(mean, renorm_mean), renorm_stddev)
-        rmax, rmin, dmax = (self.renorm_clipping.get(key) for key in _RENORM_CLIPPING_KEYS)
+        rmax, rmin, dmax = (self.renorm_clipping.get(key) for key in RENORM_CLIPPING_KEYS)
         if rmin is not None:
             r = ops.maximum(r, rmin)
         if rmax is not None:
@@ -656,13 +621,27 @@ class MomentumBatchNormalization(keras.layers.BatchNormalization):
         full average).
 
         Args:
-            mean: per-feature means, shape `(features,)`.
-            variance: per-feature variances, shape `(features,)`.
+            mean: per-feature means, shape `(features,)` (a scalar is broadcast).
+            variance: per-feature variances, shape `(features,)`, finite and >= 0.
+
+        Raises:
+            ValueError: if the layer is not built yet, or `mean` / `variance`
+                has the wrong shape, a NaN or an infinity, or `variance` a
+                negative value.
         """
+        if not self.built:
+            raise ValueError(
+                f"Cannot set the moving statistics (`mean`, `variance`) of layer {self.name!r}: "
+                "it is not built yet. Call it on data or `build(input_shape)` first."
+            )
+        shape = tuple(int(d) for d in self.moving_mean.shape)
+        dtype = keras.backend.standardize_dtype(self.moving_mean.dtype)
+        mean = check_statistic("mean", mean, shape, variance=False, dtype=dtype)
+        variance = check_statistic("variance", variance, shape, variance=True, dtype=dtype)
         self._check_attached("the moving statistics")
         dtype = self.moving_mean.dtype
-        mean = ops.cast(ops.reshape(mean, self.moving_mean.shape), dtype)
-        variance = ops.cast(ops.reshape(variance, self.moving_variance.shape), dtype)
+        mean = ops.cast(mean, dtype)
+        variance = ops.cast(variance, dtype)
         self.moving_mean.assign(mean)
         self.moving_variance.assign(variance)
         second = variance

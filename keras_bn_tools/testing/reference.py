@@ -12,6 +12,8 @@ from typing import Any
 
 import numpy as np
 
+from keras_bn_tools._validation import check_float_array, check_nonnegative_float
+
 __all__ = [
     "normalize_axes",
     "reference_batchnorm",
@@ -22,7 +24,16 @@ __all__ = [
 
 def normalize_axes(axis: int | Sequence[int], ndim: int) -> tuple[int, ...]:
     """The feature axes `axis` (an int or a sequence of ints) as sorted non-negative ints."""
-    axes = (axis,) if isinstance(axis, (int, np.integer)) else tuple(axis)
+    if isinstance(axis, (int, np.integer)) and not isinstance(axis, bool):
+        axes = (axis,)
+    elif isinstance(axis, Sequence) and not isinstance(axis, str):
+        axes = tuple(axis)
+    else:
+        raise TypeError(f"`axis` must be an int or a sequence of ints, got {axis!r}.")
+    if not axes or not all(
+        isinstance(a, (int, np.integer)) and not isinstance(a, bool) for a in axes
+    ):
+        raise TypeError(f"`axis` must be an int or a non-empty sequence of ints, got {axis!r}.")
     out = []
     for a in axes:
         if not -ndim <= int(a) < ndim:
@@ -42,7 +53,11 @@ def _per_feature(value: Any, x: np.ndarray, axes: tuple[int, ...], default: floa
     shape = _feature_shape(x, axes)
     if value is None:
         return np.full(shape, default, dtype=np.float64)
-    array = np.asarray(value, dtype=np.float64)
+    array = check_float_array(name, value)
+    if not np.isfinite(array).all():
+        raise ValueError(f"`{name}` must be finite, got {value!r}.")
+    if name == "moving_variance" and (array < 0).any():
+        raise ValueError(f"`{name}` must be >= 0, got {value!r}.")
     size = int(np.prod([x.shape[i] for i in axes]))
     if array.size not in (1, size):
         raise ValueError(
@@ -62,7 +77,7 @@ def reference_moments(x: Any, *, axis: int | Sequence[int] = -1) -> tuple[np.nda
     Returns:
         `(mean, variance)`, each a 1-D array with one entry per feature.
     """
-    x = np.asarray(x, dtype=np.float64)
+    x = check_float_array("x", x)
     axes = normalize_axes(axis, x.ndim)
     reduce = tuple(i for i in range(x.ndim) if i not in axes)
     mean = x.mean(axis=reduce)
@@ -115,10 +130,11 @@ def reference_batchnorm(
         assert np.allclose(y, [[-1.0], [1.0]])
         ```
     """
-    x = np.asarray(x, dtype=np.float64)
+    x = check_float_array("x", x)
     if x.ndim < 1:
         raise ValueError(f"`x` must have at least one axis, got shape {x.shape}.")
     axes = normalize_axes(axis, x.ndim)
+    epsilon = check_nonnegative_float("epsilon", epsilon)
     if training:
         mean, variance = reference_moments(x, axis=axes)
     else:
@@ -128,11 +144,12 @@ def reference_batchnorm(
                 "normalizes with the moving statistics)."
             )
         mean, variance = moving_mean, moving_variance
-    mean = _per_feature(mean, x, axes, 0.0, "mean")
-    variance = _per_feature(variance, x, axes, 1.0, "variance")
+    mean_name, variance_name = ("x", "x") if training else ("moving_mean", "moving_variance")
+    mean = _per_feature(mean, x, axes, 0.0, mean_name)
+    variance = _per_feature(variance, x, axes, 1.0, variance_name)
     gamma = _per_feature(gamma, x, axes, 1.0, "gamma")
     beta = _per_feature(beta, x, axes, 0.0, "beta")
-    return gamma * (x - mean) / np.sqrt(variance + float(epsilon)) + beta
+    return gamma * (x - mean) / np.sqrt(variance + epsilon) + beta
 
 
 def reference_moving_statistics(

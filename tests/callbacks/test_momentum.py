@@ -127,23 +127,26 @@ def test_only_momentum_layers_are_scheduled_in_nested_models():
     assert model.get_layer("plain_bn").momentum == 0.9
 
 
+@pytest.mark.backend_agnostic
 def test_schedule_must_be_callable():
     with pytest.raises(TypeError, match="callable"):
         MomentumScheduler(0.9)
 
 
+@pytest.mark.backend_agnostic
 @pytest.mark.parametrize(
-    ("value", "match"),
+    ("value", "error", "match"),
     [
-        (1.5, r"schedule\(0\) returned 1.5"),
-        (-0.1, "returned -0.1"),
-        ("0.9", "'0.9'"),
-        (True, "True"),
+        (1.5, ValueError, r"`schedule\(0\)` must be a float in \[0, 1\] or None.*got 1.5"),
+        (-0.1, ValueError, "got -0.1"),
+        (float("nan"), ValueError, "got nan"),
+        ("0.9", TypeError, "'0.9'"),
+        (True, TypeError, "True"),
     ],
 )
-def test_schedule_values_are_checked(value, match):
+def test_schedule_values_are_checked(value, error, match):
     model, _ = _bn_first_model()
-    with pytest.raises(ValueError, match=match):
+    with pytest.raises(error, match=match):
         model.fit(
             np.ones((4, 3)),
             np.ones(4),
@@ -152,6 +155,7 @@ def test_schedule_values_are_checked(value, match):
         )
 
 
+@pytest.mark.backend_agnostic
 def test_models_without_momentum_layers_are_refused_with_what_was_found():
     model = keras.Sequential(
         [

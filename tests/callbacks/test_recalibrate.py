@@ -64,6 +64,7 @@ def test_epoch_end_recalibrates_every_epoch_and_keeps_a_generators_batches(circl
     )
 
 
+@pytest.mark.backend_agnostic
 @pytest.mark.parametrize(
     ("kwargs", "error", "match"),
     [
@@ -77,11 +78,13 @@ def test_bad_arguments_fail_at_construction(kwargs, error, match):
         RecalibrateBatchNorm(np.ones((4, 2)), **kwargs)
 
 
+@pytest.mark.backend_agnostic
 def test_empty_data_fails_at_construction():
     with pytest.raises(ValueError, match="0 samples"):
         RecalibrateBatchNorm((np.zeros((0, 2)), np.zeros(0)))
 
 
+@pytest.mark.backend_agnostic
 def test_a_model_without_bn_fails_before_training():
     model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
     model.compile(optimizer="sgd", loss="mse")

@@ -288,7 +288,7 @@ def test_renorm_gradients_do_not_flow_through_r_and_d():
 
 
 BAD_ARGUMENTS = [
-    ({"momentum": 1.5}, ValueError, r"`momentum` must be in \[0, 1\], got 1.5"),
+    ({"momentum": 1.5}, ValueError, r"`momentum` must be a float in \[0, 1\] or None.*got 1.5"),
     ({"momentum": -0.1}, ValueError, "`momentum`"),
     ({"momentum": "0.9"}, TypeError, "`momentum` must be a float in"),
     ({"momentum": True}, TypeError, "`momentum`"),
@@ -302,9 +302,16 @@ BAD_ARGUMENTS = [
     ({"virtual_batch_size": True}, TypeError, "`virtual_batch_size`"),
     ({"renorm": True, "renorm_clipping": {"rmaxx": 2}}, ValueError, r"\['rmaxx'\]"),
     ({"renorm_clipping": {"dmin": 1}}, ValueError, "Allowed keys"),
-    ({"renorm_clipping": {"rmax": 1, "rmin": 2}}, ValueError, "rmax"),
-    ({"renorm_clipping": {"dmax": -1}}, ValueError, "dmax"),
+    ({"renorm": True, "renorm_clipping": {"rmax": 1, "rmin": 2}}, ValueError, r"\['rmin'\]"),
+    ({"renorm": True, "renorm_clipping": {"dmax": -1}}, ValueError, r"\['dmax'\]` must be >= 0"),
     ({"renorm_clipping": [("rmax", 2)]}, TypeError, "`renorm_clipping`"),
+    # Issue 16, item 6: each of these was accepted and trained wrong.
+    ({"renorm": True, "renorm_clipping": {"rmax": -1.0}}, ValueError, r"\['rmax'\]` must be >= 1"),
+    ({"renorm": True, "renorm_clipping": {"rmax": 0.5}}, ValueError, r"\['rmax'\]` must be >= 1"),
+    ({"renorm": True, "renorm_clipping": {"rmax": float("nan")}}, ValueError, "must be finite"),
+    ({"renorm": True, "renorm_clipping": {"dmax": float("nan")}}, ValueError, "must be finite"),
+    ({"renorm": True, "renorm_clipping": {"rmin": float("inf")}}, ValueError, "must be finite"),
+    ({"renorm_clipping": {"rmax": 3.0}}, ValueError, "no effect without `renorm=True`"),
     ({"renorm_momentum": 2.0}, ValueError, "`renorm_momentum`"),
     ({"axis": 1.0}, TypeError, "`axis` must be an integer"),
 ]
@@ -356,11 +363,10 @@ def test_bad_axis_raises_at_build():
 def layer_configs(draw):
     renorm = draw(st.booleans())
     clipping = None
-    if draw(st.booleans()):
-        rmin = draw(st.floats(0.0, 1.0))
+    if renorm and draw(st.booleans()):  # clipping needs renorm=True
         clipping = {
-            "rmin": rmin,
-            "rmax": draw(st.floats(rmin, 5.0)),
+            "rmin": draw(st.floats(0.0, 1.0)),
+            "rmax": draw(st.floats(1.0, 5.0)),
             "dmax": draw(st.none() | st.floats(0.0, 5.0)),
         }
     return {
@@ -446,3 +452,35 @@ def test_non_trainable_state_is_averaged_across_replicas():
     for variable in layer.non_trainable_variables:
         expected = "only_first_replica" if variable.name == "num_batches_tracked" else "mean"
         assert variable.aggregation == expected, variable.path
+
+
+@pytest.mark.backend_agnostic
+def test_a_virtual_batch_larger_than_the_batch_is_the_whole_batch():
+    # Found by the fuzz test: a huge virtual_batch_size padded the batch to that size.
+    x = np.random.default_rng(11).normal(2.0, 3.0, size=(6, 3)).astype("float32")
+    plain = MomentumBatchNormalization()
+    expected = keras.ops.convert_to_numpy(plain(x, training=True))
+    for size in (6, 7, 2**40):
+        ghost = MomentumBatchNormalization(virtual_batch_size=size)
+        np.testing.assert_allclose(
+            keras.ops.convert_to_numpy(ghost(x, training=True)), expected, rtol=1e-5, atol=1e-5
+        )
+
+
+@pytest.mark.backend_agnostic
+@pytest.mark.parametrize("name", ["center", "scale", "renorm", "debias", "skip_nonfinite"])
+def test_flags_must_be_booleans(name):
+    # Found by the fuzz test: center=float("nan") or debias="no" meant True.
+    for value in ("no", float("nan"), None, 1):
+        with pytest.raises(TypeError, match=f"`{name}` must be True or False"):
+            MomentumBatchNormalization(**{name: value})
+    MomentumBatchNormalization(**{name: np.bool_(False)})
+
+
+@pytest.mark.backend_agnostic
+def test_synchronized_outside_tensorflow_is_refused_naming_the_backend():
+    if keras.backend.backend() == "tensorflow":
+        assert MomentumBatchNormalization(synchronized=True).synchronized
+        return
+    with pytest.raises(ValueError, match=r"synchronized=True.*TensorFlow"):
+        MomentumBatchNormalization(synchronized=True)

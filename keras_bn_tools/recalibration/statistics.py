@@ -1,0 +1,178 @@
+"""Accumulators of a BN layer's input statistics, and the hook that feeds them.
+
+- `PopulationMoments` (`method="exact"`): the mean and population variance
+  (ddof=0) of every value a layer sees, merged batch by batch in float64.
+- `BatchAverage` (`method="single_pass"`): the plain average of the per-batch
+  mean and variance, as fvcore's precise BN computes it, kept on the device.
+
+Both leave out a batch whose statistics are not finite (NaN or inf) and count it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Callable
+from typing import Any
+
+import keras
+import numpy as np
+
+__all__ = ["BatchAverage", "PopulationMoments", "StopForward", "intercept", "masked_moments"]
+
+
+def _float64(tensor: Any) -> np.ndarray:
+    return np.asarray(keras.ops.convert_to_numpy(tensor), dtype=np.float64)
+
+
+def masked_moments(inputs: Any, mask: Any, axis: int, shift: Any = None):
+    """Per-feature (count, mean, two-pass variance) of `inputs - shift` in float32 or wider.
+
+    `mask` follows Keras's BN convention (one dimension less than `inputs`,
+    broadcast on the last axis). Returns `(count, mean, variance, reduced
+    axes)`, the statistics with `keepdims=True`; `count` is a Python float for
+    an unmasked input and a scalar tensor otherwise.
+    """
+    ops = keras.ops
+    x = ops.convert_to_tensor(inputs)
+    x = ops.cast(x, keras.backend.result_type(x.dtype, "float32"))
+    if shift is not None:
+        x = x - shift
+    rank = len(x.shape)
+    axes = tuple(i for i in range(rank) if i != axis % rank)
+    if mask is None:
+        count = float(math.prod(int(x.shape[i]) for i in axes))
+        mean = ops.mean(x, axis=axes, keepdims=True)
+        variance = ops.mean(ops.square(x - mean), axis=axes, keepdims=True)
+        return count, mean, variance, axes
+    weights = ops.broadcast_to(ops.expand_dims(ops.cast(mask, x.dtype), -1), ops.shape(x))
+    total = ops.sum(weights, axis=axes, keepdims=True)
+    safe_total = ops.maximum(total, 1.0)
+    mean = ops.sum(x * weights, axis=axes, keepdims=True) / safe_total
+    variance = ops.sum(ops.square(x - mean) * weights, axis=axes, keepdims=True) / safe_total
+    return ops.max(total), mean, variance, axes
+
+
+class PopulationMoments:
+    """Exact mean and population variance (ddof=0) of a BN layer's input, batch by batch.
+
+    Per batch, the mean and the two-pass variance of `x - shift` are computed
+    with backend ops in (at least) float32, where `shift` is the first batch's
+    mean: subtracting a value close to the data keeps the float32 round-off
+    relative to the spread of the data rather than to its offset. Batches are
+    merged in float64 with Chan et al.'s parallel update. A batch with a
+    non-finite statistic is left out and counted in `skipped`.
+    """
+
+    def __init__(self, axis: int) -> None:
+        self.axis = axis
+        self.count = 0.0
+        self.skipped = 0
+        self.mean: np.ndarray | None = None
+        self.m2: np.ndarray | None = None
+        self._shift = None
+        self._shift64: np.ndarray | None = None
+
+    def add_batch(self, inputs: Any, mask: Any = None) -> None:
+        ops = keras.ops
+        if self._shift is None:
+            _, shift, _, axes = masked_moments(inputs, mask, self.axis)
+            shift64 = _float64(ops.squeeze(shift, axes))
+            if not np.isfinite(shift64).all():
+                self.skipped += 1
+                return
+            self._shift, self._shift64 = shift, shift64
+        count, mean, variance, axes = masked_moments(inputs, mask, self.axis, self._shift)
+        count = float(ops.convert_to_numpy(count))
+        if count == 0:
+            return
+        mean64 = self._shift64 + _float64(ops.squeeze(mean, axes))
+        variance64 = _float64(ops.squeeze(variance, axes))
+        if not (np.isfinite(mean64).all() and np.isfinite(variance64).all()):
+            self.skipped += 1
+            return
+        self._merge(count, mean64, variance64)
+
+    def _merge(self, count: float, mean: np.ndarray, variance: np.ndarray) -> None:
+        if self.mean is None:
+            self.count, self.mean, self.m2 = count, mean, variance * count
+            return
+        total = self.count + count
+        delta = mean - self.mean
+        self.mean = self.mean + delta * (count / total)
+        self.m2 = self.m2 + variance * count + delta * delta * (self.count * count / total)
+        self.count = total
+
+    @property
+    def variance(self) -> np.ndarray:
+        return self.m2 / self.count
+
+
+class BatchAverage:
+    """The average of per-batch means and variances (fvcore's precise BN).
+
+    Every batch (every call of the layer) weighs the same, whatever its size,
+    as in fvcore's `update_bn_stats`. The per-batch statistics stay backend
+    tensors until `result()`, so a pass costs no device-to-host copy per
+    batch; a batch whose statistics are not finite is left out and counted.
+    """
+
+    def __init__(self, axis: int) -> None:
+        self.axis = axis
+        self._batches: list[tuple[Any, Any, Any]] = []
+
+    @property
+    def batches(self) -> int:
+        """Batches added so far (finite or not)."""
+        return len(self._batches)
+
+    def add(self, mean: Any, variance: Any, count: Any) -> None:
+        """Add one batch's per-feature `mean` and `variance` over `count` values."""
+        self._batches.append((mean, variance, count))
+
+    def result(self) -> tuple[np.ndarray | None, np.ndarray | None, int, int, int]:
+        """(mean, variance, batches used, batches skipped, values used); means None if none."""
+        if not self._batches:
+            return None, None, 0, 0, 0
+        means = np.stack([_float64(m).reshape(-1) for m, _, _ in self._batches])
+        variances = np.stack([_float64(v).reshape(-1) for _, v, _ in self._batches])
+        counts = np.array([float(keras.ops.convert_to_numpy(c)) for _, _, c in self._batches])
+        kept = np.isfinite(means).all(axis=1) & np.isfinite(variances).all(axis=1) & (counts > 0)
+        used, skipped = int(kept.sum()), int((~kept).sum())
+        if used == 0:
+            return None, None, 0, skipped, 0
+        return (
+            means[kept].mean(axis=0),
+            variances[kept].mean(axis=0),
+            used,
+            skipped,
+            round(float(counts[kept].sum())),
+        )
+
+
+class StopForward(Exception):
+    """Raised inside an intercepted BN call to end a forward pass early."""
+
+
+@contextlib.contextmanager
+def intercept(layer: keras.layers.Layer, hook: Callable[..., Any]):
+    """Temporarily route `layer.call(inputs, ...)` through `hook(original, inputs, ...)`.
+
+    The instance attribute shadows the class's `call`; Keras's `__call__`
+    and wrappers such as `TimeDistributed` (which calls `layer.call`) both
+    reach it.
+    """
+    original = layer.call
+    previous = vars(layer).get("call", None)
+
+    def call(inputs, *args, **kwargs):
+        return hook(original, inputs, *args, **kwargs)
+
+    object.__setattr__(layer, "call", call)
+    try:
+        yield
+    finally:
+        if previous is None:
+            object.__delattr__(layer, "call")
+        else:
+            object.__setattr__(layer, "call", previous)

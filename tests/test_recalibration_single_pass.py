@@ -1,0 +1,190 @@
+"""recalibrate_batchnorm(method="single_pass"): fvcore's precise BN, checked against NumPy."""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+import pytest
+
+from keras_bn_tools.layers import MomentumBatchNormalization
+from keras_bn_tools.recalibration import recalibrate_batchnorm
+from keras_bn_tools.rewrite import batchnorm_layers
+
+EPS = 1e-3
+
+
+def _np(variable) -> np.ndarray:
+    return keras.ops.convert_to_numpy(variable).astype(np.float64)
+
+
+def _stack_model(bn=keras.layers.BatchNormalization):
+    """Dense(relu) -> BN1 -> Dense -> BN2 -> Dense."""
+    inputs = keras.Input((3,))
+    h = keras.layers.Dense(5, activation="relu", name="d1")(inputs)
+    h = bn(name="bn1")(h)
+    h = keras.layers.Dense(4, name="d2")(h)
+    h = bn(name="bn2")(h)
+    return keras.Model(inputs, keras.layers.Dense(1, name="out")(h))
+
+
+def _randomize_bn(model, rng):
+    for layer in batchnorm_layers(model):
+        shape = layer.moving_mean.shape
+        layer.gamma.assign(rng.uniform(0.5, 2.0, shape).astype("float32"))
+        layer.beta.assign(rng.normal(size=shape).astype("float32"))
+        layer.moving_mean.assign(rng.normal(size=shape).astype("float32"))
+        layer.moving_variance.assign(rng.uniform(0.1, 3.0, shape).astype("float32"))
+
+
+def fvcore_reference(model, batches):
+    """fvcore's update_bn_stats in NumPy (float64): training-mode forward pass per batch,
+    then the plain average over batches of each BN layer's batch mean and (biased,
+    as Keras's BN uses) batch variance."""
+    d1, bn1, d2 = (model.get_layer(n) for n in ("d1", "bn1", "d2"))
+    w1, b1 = (_np(w) for w in d1.weights)
+    w2, b2 = (_np(w) for w in d2.weights)
+    stats = {"bn1": [], "bn2": []}
+    for x in batches:
+        h1 = np.maximum(x.astype(np.float64) @ w1 + b1, 0.0)
+        m1, v1 = h1.mean(0), h1.var(0)
+        out1 = (h1 - m1) / np.sqrt(v1 + EPS) * _np(bn1.gamma) + _np(bn1.beta)
+        h2 = out1 @ w2 + b2
+        stats["bn1"].append((m1, v1))
+        stats["bn2"].append((h2.mean(0), h2.var(0)))
+    return {
+        key: tuple(np.mean(parts, axis=0) for parts in zip(*pairs, strict=True))
+        for key, pairs in stats.items()
+    }
+
+
+@pytest.mark.backend_agnostic
+@pytest.mark.parametrize("bn", [keras.layers.BatchNormalization, MomentumBatchNormalization])
+def test_single_pass_is_the_fvcore_average_of_batch_statistics(bn):
+    rng = np.random.default_rng(0)
+    model = _stack_model(bn)
+    _randomize_bn(model, rng)
+    x = (rng.normal(size=(23, 3)) * 2 + 1).astype("float32")
+    trainable = [_np(w).copy() for w in model.trainable_weights]
+    counters = [_np(v).copy() for v in model.non_trainable_weights if "num_batches" in v.path]
+
+    report = recalibrate_batchnorm(model, x, batch_size=8, method="single_pass")
+
+    # Batches of 8, 8 and 7 rows weigh the same, as in fvcore.
+    expected = fvcore_reference(model, [x[:8], x[8:16], x[16:]])
+    for key, (mean, variance) in expected.items():
+        layer = model.get_layer(key)
+        np.testing.assert_allclose(_np(layer.moving_mean), mean, rtol=1e-4, atol=1e-5)
+        np.testing.assert_allclose(_np(layer.moving_variance), variance, rtol=1e-4, atol=1e-5)
+    for old, new in zip(trainable, model.trainable_weights, strict=True):
+        np.testing.assert_array_equal(old, _np(new))
+    # MomentumBatchNormalization's training counters are not advanced by the pass.
+    now = [_np(v) for v in model.non_trainable_weights if "num_batches" in v.path]
+    for old, new in zip(counters, now, strict=True):
+        np.testing.assert_array_equal(old, new)
+    assert report.method == "single_pass"
+    assert list(report) == ["bn1", "bn2"]
+    assert (report.num_batches, report.num_samples, report.num_skipped_batches) == (3, 23, 0)
+    assert report["bn1"]["num_values"] == 23
+    assert "single_pass" in str(report)
+
+
+@pytest.mark.backend_agnostic
+def test_single_pass_differs_from_exact_by_the_variance_of_batch_means():
+    # One BN on the input: exact gives the population variance, single pass the
+    # average within-batch variance, smaller by the spread of the batch means.
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(64, 2)).astype("float32")
+    x[:32] += 3.0  # the two batches have different means
+    exact_bn, single_bn = keras.layers.BatchNormalization(), keras.layers.BatchNormalization()
+    recalibrate_batchnorm(keras.Sequential([keras.Input((2,)), exact_bn]), x, batch_size=32)
+    recalibrate_batchnorm(
+        keras.Sequential([keras.Input((2,)), single_bn]), x, batch_size=32, method="single_pass"
+    )
+    halves = (x[:32].astype(np.float64), x[32:].astype(np.float64))
+    within = np.mean([h.var(0) for h in halves], axis=0)
+    np.testing.assert_allclose(_np(exact_bn.moving_variance), x.astype(np.float64).var(0), 1e-5)
+    np.testing.assert_allclose(_np(single_bn.moving_variance), within, rtol=1e-5)
+    np.testing.assert_allclose(_np(single_bn.moving_mean), _np(exact_bn.moving_mean), rtol=1e-5)
+
+
+@pytest.mark.backend_agnostic
+def test_single_pass_ghost_batches_average_what_the_layer_itself_tracks():
+    # A ghost-batch layer's training statistic is the pooled within-group variance.
+    rng = np.random.default_rng(2)
+    x = rng.normal(size=(16, 2)).astype("float32")
+    x[4:8] += 5.0
+    bn = MomentumBatchNormalization(virtual_batch_size=4, momentum=0.9, debias=True)
+    model = keras.Sequential([keras.Input((2,)), bn])
+    recalibrate_batchnorm(model, x, batch_size=8, method="single_pass")
+    groups = x.astype(np.float64).reshape(4, 4, 2)
+    np.testing.assert_allclose(_np(bn.moving_mean), x.mean(0), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(_np(bn.moving_variance), groups.var(1).mean(0), rtol=1e-5)
+    assert int(_np(bn.num_batches_tracked)) == 0  # the pass's updates were rolled back
+
+
+class _BreaksOnSecondBatch:
+    def __init__(self, x):
+        self.x = x
+
+    def __iter__(self):
+        yield self.x[:10]
+        raise OSError("disk gone")
+
+
+@pytest.mark.backend_agnostic
+def test_single_pass_failure_restores_every_variable():
+    model = _stack_model(lambda name: keras.layers.BatchNormalization(renorm=True, name=name))
+    _randomize_bn(model, np.random.default_rng(3))
+    before = [_np(w).copy() for w in model.weights]
+    with pytest.raises(OSError, match="disk gone"):
+        recalibrate_batchnorm(
+            model, _BreaksOnSecondBatch(np.ones((20, 3), "float32")), method="single_pass"
+        )
+    for old, new in zip(before, model.weights, strict=True):
+        np.testing.assert_array_equal(old, _np(new))
+
+
+@pytest.mark.backend_agnostic
+@pytest.mark.parametrize("method", ["exact", "single_pass"])
+def test_bn_inside_time_distributed_is_recalibrated(method):
+    rng = np.random.default_rng(4)
+    x = rng.normal(3.0, 2.0, size=(8, 3, 4)).astype("float32")
+    bn = keras.layers.BatchNormalization(name="bn")
+    model = keras.Sequential([keras.Input((3, 4)), keras.layers.TimeDistributed(bn)])
+    report = recalibrate_batchnorm(model, x, batch_size=4, method=method)
+    assert report["bn"]["num_values"] == 8 * 3
+    if method == "exact":  # every sample at every time step
+        expected_mean, expected_var = x.reshape(-1, 4).mean(0), x.reshape(-1, 4).var(0)
+    else:  # each call (one time step of one batch) is a batch, as training sees it
+        steps = [x[i : i + 4, t].astype(np.float64) for i in (0, 4) for t in range(3)]
+        expected_mean = np.mean([s.mean(0) for s in steps], axis=0)
+        expected_var = np.mean([s.var(0) for s in steps], axis=0)
+    np.testing.assert_allclose(_np(bn.moving_mean), expected_mean, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(_np(bn.moving_variance), expected_var, rtol=1e-5)
+
+
+def test_a_bn_layer_called_inside_a_traced_function_is_refused_clearly():
+    tf = pytest.importorskip("tensorflow")
+    if keras.backend.backend() != "tensorflow":
+        pytest.skip("traces with tf.vectorized_map")
+
+    class Traced(keras.layers.Wrapper):
+        """Calls its layer inside a tf.function, as a vectorized map would."""
+
+        def build(self, input_shape):
+            self.layer.build(input_shape)
+            self.built = True
+
+        def call(self, inputs):
+            return tf.function(lambda t: self.layer(t))(inputs)
+
+        def compute_output_shape(self, input_shape):
+            return input_shape
+
+    model = keras.Sequential([keras.Input((4,)), Traced(keras.layers.BatchNormalization())])
+    before = [_np(w).copy() for w in model.weights]
+    for method in ("exact", "single_pass"):
+        with pytest.raises(ValueError, match="traced function"):
+            recalibrate_batchnorm(model, np.ones((4, 4), "float32"), method=method)
+    for old, new in zip(before, model.weights, strict=True):
+        np.testing.assert_array_equal(old, _np(new))
