@@ -23,75 +23,12 @@ from typing import Any
 import keras
 import numpy as np
 from keras import ops
-from keras.src.models.functional import Functional  # what keras.models.clone_model uses
 
+from keras_bn_tools._keras_compat import functional_graph, graph_nodes, is_functional
 from keras_bn_tools._model_utils import batchnorm_layers
+from keras_bn_tools.layers.channel_affine import ChannelAffine
 
 __all__ = ["ChannelAffine", "FoldDecision", "fold_batchnorm", "plan_folding"]
-
-
-# --------------------------------------------------------------------------------------
-# The layer an unfoldable BN becomes
-# --------------------------------------------------------------------------------------
-
-
-@keras.saving.register_keras_serializable(package="keras_bn_tools")
-class ChannelAffine(keras.layers.Layer):
-    """A fixed per-channel affine map, `outputs = inputs * scale + offset`.
-
-    `scale` and `offset` are vectors along `axis`, broadcast over every other
-    axis. `fold_batchnorm` puts one where a batch normalization layer cannot
-    be merged into a neighbour; it computes exactly what that BN layer
-    computes at inference, with no notion of batch statistics.
-
-    Args:
-        axis: the channel axis (an integer, negative counts from the end).
-        **kwargs: base `keras.layers.Layer` arguments (`name`, `dtype`, ...).
-
-    Weights: `scale` (initialized to ones) and `offset` (zeros), each of shape
-    `(channels,)`.
-    """
-
-    def __init__(self, axis: int = -1, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        if isinstance(axis, bool) or not isinstance(axis, (int, np.integer)):
-            raise TypeError(f"`axis` must be an integer, got {axis!r} ({type(axis).__name__}).")
-        self.axis = int(axis)
-        self.supports_masking = True
-
-    def build(self, input_shape: tuple[int | None, ...]) -> None:
-        rank = len(input_shape)
-        if not -rank <= self.axis < rank:
-            raise ValueError(
-                f"`axis`={self.axis} is out of range for inputs of shape {tuple(input_shape)}."
-            )
-        channels = input_shape[self.axis]
-        if channels is None:
-            raise ValueError(
-                f"The channel axis {self.axis} of inputs of shape {tuple(input_shape)} "
-                "must have a known size."
-            )
-        self.scale = self.add_weight(name="scale", shape=(channels,), initializer="ones")
-        self.offset = self.add_weight(name="offset", shape=(channels,), initializer="zeros")
-        self.input_spec = keras.layers.InputSpec(ndim=rank, axes={self.axis: channels})
-
-    def call(self, inputs: Any, mask: Any = None) -> Any:
-        # `mask` passes through unchanged (`supports_masking`); accepting it lets the layer
-        # stand in for a BN call recorded with a mask argument.
-        del mask
-        rank = len(inputs.shape)
-        scale, offset = self.scale, self.offset
-        if self.axis % rank != rank - 1:
-            shape = [1] * rank
-            shape[self.axis] = -1
-            scale, offset = ops.reshape(scale, shape), ops.reshape(offset, shape)
-        return inputs * ops.cast(scale, inputs.dtype) + ops.cast(offset, inputs.dtype)
-
-    def compute_output_shape(self, input_shape: tuple[int | None, ...]) -> tuple[int | None, ...]:
-        return tuple(input_shape)
-
-    def get_config(self) -> dict[str, Any]:
-        return {**super().get_config(), "axis": self.axis}
 
 
 # --------------------------------------------------------------------------------------
@@ -244,7 +181,7 @@ _GLOBAL_AVG_POOLS = (
 
 
 def _is_graph_model(layer: Any) -> bool:
-    return isinstance(layer, (keras.Sequential, Functional))
+    return is_functional(layer)
 
 
 def _check_model(model: Any) -> None:
@@ -257,9 +194,7 @@ def _check_model(model: Any) -> None:
             f"fold_batchnorm needs a keras.Sequential or functional model; {model.name!r} is a "
             f"subclassed model ({type(model).__name__}) whose layer graph cannot be rewritten."
         )
-    if isinstance(model, keras.Sequential) and (
-        not model.built or getattr(model, "_functional", None) is None
-    ):
+    if not model.built or functional_graph(model) is None:
         raise ValueError(
             f"Model {model.name!r} is not built, so its BN statistics and layer shapes are "
             "unknown. Start it with keras.Input(shape), call model.build(input_shape) or call "
@@ -272,12 +207,8 @@ class _Graph:
 
     def __init__(self, model: keras.Model) -> None:
         # A built Sequential keeps the functional graph of its layers (checked by _check_model).
-        functional = model._functional if isinstance(model, keras.Sequential) else model
-        self.nodes: list[Any] = []
-        for depth in sorted(functional._nodes_by_depth, reverse=True):
-            for node in functional._nodes_by_depth[depth]:
-                if node.operation is not None and not node.is_input:
-                    self.nodes.append(node)
+        functional = functional_graph(model)
+        self.nodes: list[Any] = graph_nodes(functional)
         self.producer: dict[int, Any] = {}
         self.consumers: dict[int, list[Any]] = defaultdict(list)
         for node in self.nodes:

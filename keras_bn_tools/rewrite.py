@@ -6,10 +6,19 @@ from collections.abc import Callable
 from typing import Any
 
 import keras
-from keras.src.models.functional import Functional  # what keras.models.clone_model uses
 
-from keras_bn_tools._model_utils import batchnorm_layers
-from keras_bn_tools.builders import _is_linear, _NormalizationFactory, _unique_name
+from keras_bn_tools._keras_compat import (
+    graph_input_name,
+    inbound_tensors,
+    is_functional,
+    producer,
+)
+from keras_bn_tools._model_utils import (
+    NormalizationFactory,
+    batchnorm_layers,
+    is_linear,
+    unique_name,
+)
 from keras_bn_tools.placement import Placement, parse_placement
 
 # `batchnorm_layers` is re-exported from the shared model utilities.
@@ -88,13 +97,13 @@ def insert_batchnorm(
     """
     placement = parse_placement(placement, "placement")
     layer_types = _check_layer_types(layer_types)
-    if not isinstance(model, keras.Sequential | Functional):
+    if not is_functional(model):
         raise TypeError(
             f"`model` must be a keras.Sequential or a functional keras.Model, got "
             f"{model!r} ({type(model).__name__}). Subclassed models have no layer graph "
             f"to rewrite."
         )
-    rewriter = _Rewriter(placement, layer_types, _NormalizationFactory(bn_layer))
+    rewriter = _Rewriter(placement, layer_types, NormalizationFactory(bn_layer))
     return rewriter.rewrite(model, skip_output=bool(skip_output))
 
 
@@ -104,7 +113,7 @@ def _input_like(tensor: Any) -> Any:
         batch_shape=tensor.shape,
         dtype=tensor.dtype,
         sparse=tensor.sparse,
-        name=tensor._keras_history.operation.name,
+        name=graph_input_name(tensor),
     )
 
 
@@ -230,7 +239,7 @@ class _Rewriter:
         pending = list(model.outputs)
         while pending:
             # Walk the graph back through each tensor's history, as keras.Function does.
-            op, node_index, _ = pending.pop()._keras_history
+            op, node_index = producer(pending.pop())
             if op is None or (id(op), node_index) in seen:
                 continue
             seen.add((id(op), node_index))
@@ -239,11 +248,11 @@ class _Rewriter:
             if stops(op):
                 found.add(id(op))
             else:
-                pending += op._inbound_nodes[node_index].input_tensors
+                pending += inbound_tensors(op, node_index)
         return found
 
     def _clone(self, layer: Any, at_output: bool, copies: list) -> Any:
-        if isinstance(layer, keras.Sequential | Functional):
+        if is_functional(layer):
             return self.rewrite(layer, skip_output=at_output)
         config = layer.get_config()
         if self.placement is Placement.BEFORE and self._matches(layer) and not at_output:
@@ -265,10 +274,10 @@ class _Rewriter:
         if self.placement is Placement.BEFORE and isinstance(original, keras.layers.LSTM):
             return []  # BatchNormLSTM normalizes inside its cell
         bn = self.make_bn(channels_first=getattr(original, "data_format", None) == "channels_first")
-        bn.name = _unique_name(f"{original.name}_bn", taken)
-        if self.placement is Placement.AFTER or _is_linear(original.activation):
+        bn.name = unique_name(f"{original.name}_bn", taken)
+        if self.placement is Placement.AFTER or is_linear(original.activation):
             return [bn]
-        name = _unique_name(f"{original.name}_activation", taken)
+        name = unique_name(f"{original.name}_activation", taken)
         return [bn, keras.layers.Activation(original.activation, name=name)]
 
     @staticmethod
