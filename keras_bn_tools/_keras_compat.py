@@ -19,6 +19,7 @@ from typing import Any
 import keras
 
 __all__ = [
+    "copy_lambda",
     "functional_graph",
     "graph_input_name",
     "graph_nodes",
@@ -168,4 +169,20 @@ def jax_trainer_holds_value(variable: keras.Variable) -> bool:
         keras.backend.backend() == "jax"
         and getattr(variable, "_value", 0) is None
         and getattr(variable, "_initializer", None) is None
+    )
+
+
+def copy_lambda(layer: keras.layers.Lambda) -> keras.layers.Lambda:
+    """A new `Lambda` layer with the same function, arguments, output shape and mask."""
+    # Why internal: `Lambda.get_config()` serializes the function as bytecode, which
+    # `from_config` loads only with safe_mode=False; a copy that shares the function
+    # object needs the constructor's `output_shape`, kept only in `_output_shape`.
+    return keras.layers.Lambda(
+        layer.function,
+        output_shape=layer._output_shape,
+        mask=layer.mask,
+        arguments=layer.arguments,
+        name=layer.name,
+        dtype=layer.dtype_policy,
+        trainable=layer.trainable,
     )

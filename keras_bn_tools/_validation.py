@@ -61,3 +61,30 @@ def check_probability(name: str, value: Any, *, allow_none: bool = False) -> flo
     if not 0.0 <= float(value) <= 1.0:
         raise ValueError(f"`{name}` must be in [0, 1], got {value!r}.")
     return float(value)
+
+
+def check_bool(name: str, value: Any) -> bool:
+    """Return `value` if it is a bool (NumPy's included), else raise naming `name`.
+
+    Truthiness is not enough: `"no"` or NaN would silently mean True.
+    """
+    import numpy as np
+
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"`{name}` must be True or False, got {value!r} ({type(value).__name__}).")
+    return bool(value)
+
+
+#: The largest layer size the builders accept: far above any model that fits in memory,
+#: far below the sizes that overflow a backend's int32/int64 shape arithmetic.
+MAX_LAYER_SIZE = 2**24
+
+
+def check_layer_sizes(name: str, values: Sequence[int], limit: int = MAX_LAYER_SIZE) -> None:
+    """Raise `ValueError` naming `name` if an entry of `values` exceeds `limit`."""
+    too_big = [value for value in values if value > limit]
+    if too_big:
+        raise ValueError(
+            f"`{name}` entries must be at most {limit} (a layer that size already needs "
+            f"gigabytes of memory), got {too_big[0]!r} in {tuple(values)!r}."
+        )

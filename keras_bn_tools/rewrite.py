@@ -8,6 +8,7 @@ from typing import Any
 import keras
 
 from keras_bn_tools._keras_compat import (
+    copy_lambda,
     graph_input_name,
     inbound_tensors,
     is_functional,
@@ -19,10 +20,14 @@ from keras_bn_tools._model_utils import (
     is_linear,
     unique_name,
 )
+from keras_bn_tools._validation import check_bool
 from keras_bn_tools.placement import Placement, parse_placement
 
 # `batchnorm_layers` is re-exported from the shared model utilities.
-__all__ = ["DEFAULT_LAYER_TYPES", "batchnorm_layers", "insert_batchnorm"]
+__all__ = ["DEFAULT_LAYER_TYPES", "batchnorm_layers", "insert_batchnorm", "replace_layers"]
+
+#: `replace(layer)` returns the layer's replacement (new, built, with its weights) or None.
+Replacement = Callable[[keras.layers.Layer], "keras.layers.Layer | None"]
 
 #: The layer types that `insert_batchnorm` puts BN at when `layer_types` is None.
 DEFAULT_LAYER_TYPES: tuple[type[keras.layers.Layer], ...] = (
@@ -89,22 +94,58 @@ def insert_batchnorm(
         The new model.
 
     Raises:
-        ValueError: on an unknown `placement`, an empty `layer_types`, or
-            `"before"` at a matching layer with no activation to split.
+        ValueError: on an unknown `placement`, an empty `layer_types`,
+            `"before"` at a matching layer with no activation to split, or a
+            layer that cannot be copied from its config.
         TypeError: if `model` is not a Sequential or functional model, on
             `layer_types` that are not layer classes, a non-callable
-            `bn_layer` or one that returns something other than a Keras layer.
+            `bn_layer` or one that returns something other than a Keras layer,
+            or a `skip_output` that is not a bool.
     """
     placement = parse_placement(placement, "placement")
     layer_types = _check_layer_types(layer_types)
+    skip_output = check_bool("skip_output", skip_output)
+    _check_graph_model(model)
+    rewriter = _Rewriter(placement, layer_types, NormalizationFactory(bn_layer))
+    return rewriter.rewrite(model, skip_output=skip_output)
+
+
+def replace_layers(model: keras.Model, replace: Replacement) -> keras.Model:
+    """A copy of `model` in which `replace` decides the fate of each layer.
+
+    `replace(layer)` returns a new, built layer to take `layer`'s place (with
+    whatever weights it should have), or None to keep a copy of `layer`
+    (re-created from its config, with its weights). Nested Sequential and
+    functional models are walked into, so `replace` also sees their layers.
+    The copy has the kind, name and compile config of `model`; `model` is
+    left untouched. This is what `keras_bn_tools.convert_batchnorm` uses.
+
+    Args:
+        model: a `keras.Sequential` or functional `keras.Model`.
+        replace: `replace(layer) -> keras.layers.Layer | None`.
+
+    Returns:
+        The new model.
+
+    Raises:
+        TypeError: if `model` is not a Sequential or functional model, or
+            `replace` is not callable.
+        ValueError: if a kept layer cannot be copied from its config.
+    """
+    _check_graph_model(model)
+    if not callable(replace):
+        raise TypeError(f"`replace` must be a callable (layer -> layer or None), got {replace!r}.")
+    rewriter = _Rewriter(Placement.NONE, DEFAULT_LAYER_TYPES, None, replace=replace)
+    return rewriter.rewrite(model, skip_output=False)
+
+
+def _check_graph_model(model: Any) -> None:
     if not is_functional(model):
         raise TypeError(
             f"`model` must be a keras.Sequential or a functional keras.Model, got "
             f"{model!r} ({type(model).__name__}). Subclassed models have no layer graph "
             f"to rewrite."
         )
-    rewriter = _Rewriter(placement, layer_types, NormalizationFactory(bn_layer))
-    return rewriter.rewrite(model, skip_output=bool(skip_output))
 
 
 def _input_like(tensor: Any) -> Any:
@@ -143,10 +184,17 @@ def _check_layer_types(layer_types: Any) -> tuple[type[keras.layers.Layer], ...]
 class _Rewriter:
     """One `insert_batchnorm` call: the settings and the per-model bookkeeping."""
 
-    def __init__(self, placement: Placement, layer_types: tuple[type, ...], make_bn) -> None:
+    def __init__(
+        self,
+        placement: Placement,
+        layer_types: tuple[type, ...],
+        make_bn: Any,
+        replace: Replacement | None = None,
+    ) -> None:
         self.placement = placement
         self.layer_types = layer_types
         self.make_bn = make_bn
+        self.replace = replace
 
     def rewrite(self, model: keras.Model, *, skip_output: bool) -> keras.Model:
         at_output = self._output_layers(model) if skip_output else set()
@@ -254,6 +302,15 @@ class _Rewriter:
     def _clone(self, layer: Any, at_output: bool, copies: list) -> Any:
         if is_functional(layer):
             return self.rewrite(layer, skip_output=at_output)
+        if self.replace is not None:
+            new = self.replace(layer)
+            if new is not None:
+                return new
+        if isinstance(layer, keras.layers.Lambda):
+            # Its function cannot be deserialized in safe mode; the copy shares the function.
+            new = copy_lambda(layer)
+            copies.append((layer, new))
+            return new
         config = layer.get_config()
         if self.placement is Placement.BEFORE and self._matches(layer) and not at_output:
             if isinstance(layer, keras.layers.LSTM):
@@ -262,7 +319,7 @@ class _Rewriter:
                 return BatchNormLSTM.from_lstm(layer)
             self._check_splittable(layer, config)
             config["activation"] = "linear"
-        new = layer.__class__.from_config(config)
+        new = _from_config(layer, config)
         if isinstance(layer, keras.layers.Layer):
             copies.append((layer, new))
         return new
@@ -292,3 +349,16 @@ class _Rewriter:
                 f"keras_bn_tools.layers.BatchNormLSTM). Use placement='after' for {kind}, "
                 f"or leave {kind} out of `layer_types`."
             )
+
+
+def _from_config(layer: Any, config: dict) -> Any:
+    """`layer`'s class re-created from `config`, or a ValueError that says what to do."""
+    try:
+        return layer.__class__.from_config(config)
+    except Exception as error:
+        raise ValueError(
+            f"Cannot copy layer {layer.name!r} ({type(layer).__name__}) from its config: "
+            f"{type(error).__name__}: {error}. The rewritten model needs a new copy of every "
+            f"layer; give {type(layer).__name__} a get_config() that returns every constructor "
+            f"argument (https://keras.io/guides/serialization_and_saving/)."
+        ) from error
