@@ -43,7 +43,16 @@ def batchnorm_layers(model: keras.Model) -> list[keras.layers.BatchNormalization
 
     Returns:
         A list of BN layers, outermost first, in the order the model calls them.
+
+    Raises:
+        TypeError: if `model` is not a `keras.Model` (a single layer is not a model:
+            wrap it, e.g. `keras.Sequential([layer])`).
     """
+    if not isinstance(model, keras.Model):
+        raise TypeError(
+            f"`model` must be a keras.Model, got {model!r} ({type(model).__name__}). "
+            "To look into a single layer, wrap it: keras.Sequential([layer])."
+        )
     found: list[keras.layers.BatchNormalization] = []
     seen: set[int] = set()
 

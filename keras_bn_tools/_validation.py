@@ -75,16 +75,27 @@ def check_bool(name: str, value: Any) -> bool:
     return bool(value)
 
 
-#: The largest layer size the builders accept: far above any model that fits in memory,
-#: far below the sizes that overflow a backend's int32/int64 shape arithmetic.
-MAX_LAYER_SIZE = 2**24
+#: The most weights one layer of a built model may have: 2**31 float32 weights are 8 GiB,
+#: beyond any model these builders are for, and far below the sizes that overflow a
+#: backend's shape arithmetic (which fails deep inside it, or runs out of memory).
+MAX_LAYER_WEIGHTS = 2**31
 
 
-def check_layer_sizes(name: str, values: Sequence[int], limit: int = MAX_LAYER_SIZE) -> None:
-    """Raise `ValueError` naming `name` if an entry of `values` exceeds `limit`."""
-    too_big = [value for value in values if value > limit]
-    if too_big:
+def check_layer_weights(name: str, value: Any, fan_in: int, width: int, fed_by: str = "") -> None:
+    """Raise `ValueError` naming `name` if a layer `fan_in` wide in, `width` out is too big.
+
+    Args:
+        name: the argument that set `width` (named in the message).
+        value: that argument's value (shown in the message).
+        fan_in: inputs per output unit (e.g. previous width times kernel area).
+        width: the layer's output units.
+        fed_by: what set `fan_in`, when another argument did (e.g. "`input_dim`=10").
+    """
+    if fan_in * width > MAX_LAYER_WEIGHTS:
+        source = f" fed by {fed_by}" if fed_by else ""
         raise ValueError(
-            f"`{name}` entries must be at most {limit} (a layer that size already needs "
-            f"gigabytes of memory), got {too_big[0]!r} in {tuple(values)!r}."
+            f"`{name}`={value!r}{source} gives a layer of {fan_in} x {width} = "
+            f"{fan_in * width:.3g} weights, more than the {MAX_LAYER_WEIGHTS:.3g} "
+            f"({MAX_LAYER_WEIGHTS * 4 // 2**30} GiB of float32) a model can hold; use "
+            "smaller sizes."
         )

@@ -20,7 +20,12 @@ from typing import Any
 import keras
 
 from keras_bn_tools._model_utils import BNFactory, NormalizationFactory, is_linear, unique_name
-from keras_bn_tools._validation import check_int_sequence, check_positive_int
+from keras_bn_tools._validation import (
+    check_bool,
+    check_int_sequence,
+    check_layer_weights,
+    check_positive_int,
+)
 from keras_bn_tools.placement import Placement, parse_placement
 
 __all__ = ["build_cnn", "build_lstm", "build_mlp"]
@@ -85,6 +90,35 @@ def _sequential(
     for layer in layers:
         layer.name = unique_name(layer.name, taken)
     return keras.Sequential([keras.Input(shape=input_shape), *layers], name=name)
+
+
+def _check_widths(
+    fan_in: int,
+    groups: list[tuple[str, Sequence[int]]],
+    fan_in_factor: int = 1,
+    fed_by: str = "",
+) -> None:
+    """Refuse layers too big to build: `groups` are (argument, widths) in layer order.
+
+    Each layer's fan-in is the previous layer's width (times `fan_in_factor`, e.g.
+    a convolution's kernel area), starting from `fan_in`.
+    """
+    for name, widths in groups:
+        for width in widths:
+            check_layer_weights(name, tuple(widths), fan_in * fan_in_factor, width, fed_by)
+            fan_in, fed_by = width, ""
+
+
+def _kernel_area(kernel_size: Any) -> int:
+    """The number of positions of a 2-D kernel (1 where `kernel_size` is left to Keras)."""
+    sizes = (kernel_size, kernel_size) if isinstance(kernel_size, numbers.Integral) else kernel_size
+    try:
+        area = 1
+        for size in sizes:
+            area *= int(size)
+    except (TypeError, ValueError):
+        return 1  # Keras's own check names the bad `kernel_size`
+    return max(area, 1)
 
 
 def _check_shape(name: str, value: Any, rank: int, meaning: str, *, allow_none_first: bool):
@@ -156,6 +190,12 @@ def build_mlp(
     hidden_units = check_int_sequence("hidden_units", hidden_units)
     placement = parse_placement(bn, "bn")
     output_units = check_positive_int("output_units", output_units)
+    input_bn = check_bool("input_bn", input_bn)
+    _check_widths(
+        input_dim,
+        [("hidden_units", hidden_units), ("output_units", (output_units,))],
+        fed_by=f"`input_dim`={input_dim}",
+    )
     _check_activation("activation", activation)
     _check_activation("output_activation", output_activation)
     make_bn = NormalizationFactory(bn_layer)
@@ -234,11 +274,20 @@ def build_cnn(
     pool_every = check_positive_int("pool_every", pool_every, allow_none=True)
     dense_units = check_int_sequence("dense_units", dense_units, allow_empty=True)
     output_units = check_positive_int("output_units", output_units)
+    kernel_area = _kernel_area(kernel_size)
+    channels_first = keras.config.image_data_format() == "channels_first"
+    channels = input_shape[0] if channels_first else input_shape[-1]
+    _check_widths(
+        channels,
+        [("filters", filters)],
+        fan_in_factor=kernel_area,
+        fed_by=f"`input_shape`={input_shape}",
+    )
+    _check_widths(1, [("dense_units", dense_units), ("output_units", (output_units,))])
     _check_activation("activation", activation)
     _check_activation("output_activation", output_activation)
     make_bn = NormalizationFactory(bn_layer)
 
-    channels_first = keras.config.image_data_format() == "channels_first"
     spatial = input_shape[1:] if channels_first else input_shape[:2]
     num_pools = 0 if pool_every is None else len(filters) // pool_every
     if min(spatial) < 2**num_pools:
@@ -319,6 +368,13 @@ def build_lstm(
     placement = parse_placement(bn, "bn")
     dense_units = check_int_sequence("dense_units", dense_units, allow_empty=True)
     output_units = check_positive_int("output_units", output_units)
+    # An LSTM layer holds 4 * units * (inputs + units) weights.
+    features = input_shape[-1]
+    fed_by = f"`input_shape`={input_shape}"
+    for n_units in units:
+        check_layer_weights("units", units, 4 * (features + n_units), n_units, fed_by)
+        features, fed_by = n_units, ""
+    _check_widths(features, [("dense_units", dense_units), ("output_units", (output_units,))])
     _check_activation("output_activation", output_activation)
     make_bn = NormalizationFactory(bn_layer)
 

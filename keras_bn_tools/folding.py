@@ -238,7 +238,7 @@ class _Pending:
 @dataclass
 class _Plan:
     drop: set[int]  # ids of BN layers removed (folded)
-    affine: dict[int, tuple[np.ndarray, np.ndarray]]  # BN layer id -> (scale, offset)
+    affine: dict[int, tuple[np.ndarray, np.ndarray, int]]  # BN layer id -> (scale, offset, axis)
     fold_in: dict[int, tuple[np.ndarray, np.ndarray]]  # target id -> input-side (s, t)
     fold_out: dict[int, tuple[np.ndarray, np.ndarray]]  # target id -> output-side (s, t)
     decisions: list[FoldDecision]
@@ -412,6 +412,9 @@ def _analyse(graph: _Graph, prefix: str, nested: bool = False) -> _Plan:
                 _analyse(_Graph(layer), f"{prefix}{layer.name}/", nested=True).decisions
             )
             continue
+        if _wrapped_batchnorm(layer) is not None:
+            _plan_wrapped(layer, node, plan, prefix)
+            continue
         if not isinstance(layer, keras.layers.BatchNormalization):
             continue
         name = prefix + layer.name
@@ -450,9 +453,50 @@ def _analyse(graph: _Graph, prefix: str, nested: bool = False) -> _Plan:
                 into = tuple(prefix + target.name for target, _ in targets)
                 plan.decisions.append(FoldDecision(name, "into_next", into))
                 continue
-        plan.affine[id(layer)] = (scale, offset)
+        plan.affine[id(layer)] = (scale, offset, axis)
         plan.decisions.append(FoldDecision(name, "affine", (), reason))
     return plan
+
+
+def _wrapped_batchnorm(layer: Any) -> keras.layers.BatchNormalization | None:
+    """The BN layer inside a wrapper such as `TimeDistributed(BatchNormalization())`."""
+    if isinstance(layer, keras.layers.Wrapper) and isinstance(
+        layer.layer, keras.layers.BatchNormalization
+    ):
+        return layer.layer
+    return None
+
+
+def _plan_wrapped(wrapper: keras.layers.Wrapper, node: Any, plan: _Plan, prefix: str) -> None:
+    """A `TimeDistributed` BN becomes a `ChannelAffine` on the same axis of the outer tensor.
+
+    At inference `TimeDistributed` applies the BN's affine map at every time step, which is
+    the same map on the outer tensor, one axis further right. It is not merged into a
+    neighbour (kept simple and exact); other wrappers have no known equivalent and raise.
+    """
+    bn = _wrapped_batchnorm(wrapper)
+    name = f"{prefix}{wrapper.name}/{bn.name}"
+    if not isinstance(wrapper, keras.layers.TimeDistributed):
+        raise ValueError(
+            f"Cannot fold {name!r}: a BN layer inside a {type(wrapper).__name__} wrapper has "
+            "no known equivalent affine layer. fold_batchnorm handles BN inside "
+            "keras.layers.TimeDistributed; move the BN out of the wrapper (or fold the model "
+            "by hand)."
+        )
+    outer_shape = tuple(node.input_tensors[0].shape)
+    inner_shape = (outer_shape[0], *outer_shape[2:])
+    inner_axis = bn.axis % len(inner_shape)
+    scale, offset = _bn_affine(bn)
+    _check_bn_affine(bn, scale, offset, inner_shape, inner_axis)
+    outer_axis = inner_axis + 1 if inner_axis > 0 else None
+    if outer_axis is None:
+        raise ValueError(
+            f"Cannot fold {name!r}: its BN normalizes axis 0 of each time step, the batch "
+            "axis, which has no fixed size."
+        )
+    plan.affine[id(wrapper)] = (scale, offset, outer_axis)
+    reason = f"the BN is wrapped in {type(wrapper).__name__} {wrapper.name!r}"
+    plan.decisions.append(FoldDecision(name, "affine", (), reason))
 
 
 # --------------------------------------------------------------------------------------
@@ -527,8 +571,9 @@ def _fold_model(model: keras.Model, prefix: str) -> keras.Model:
         if key in plan.drop:
             new: Any = _Drop()
         elif key in plan.affine:
-            new = ChannelAffine(axis=layer.axis, name=layer.name, dtype=layer.dtype_policy)
-            weights.append((new, [*plan.affine[key]]))
+            scale, offset, axis = plan.affine[key]
+            new = ChannelAffine(axis=axis, name=layer.name, dtype=layer.dtype_policy)
+            weights.append((new, [scale, offset]))
         elif _is_graph_model(layer):
             new = _fold_model(layer, f"{prefix}{layer.name}/")
         elif key in plan.fold_in or key in plan.fold_out:
