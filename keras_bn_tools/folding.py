@@ -88,6 +88,10 @@ def fold_batchnorm(model: keras.Model) -> keras.Model:
     their config with their weights, with a warning if a copied subclassed
     model contains BN layers.
 
+    A BN inside `keras.layers.TimeDistributed` becomes a `ChannelAffine` on
+    the matching axis of the wrapper's input (exact, not merged further); a
+    BN inside any other wrapper raises `ValueError`.
+
     Both `keras.layers.BatchNormalization` and its subclasses (such as
     `keras_bn_tools.layers.MomentumBatchNormalization`) are folded; each BN's
     inference output is checked against the affine map read from its weights,
@@ -105,8 +109,9 @@ def fold_batchnorm(model: keras.Model) -> keras.Model:
 
     Raises:
         TypeError: if `model` is not a `keras.Model`.
-        ValueError: if `model` is not built, is a subclassed model, or holds a
-            BN layer whose inference output cannot be read from its weights.
+        ValueError: if `model` is not built, is a subclassed model, holds a
+            BN layer whose inference output cannot be read from its weights, or
+            a BN inside a wrapper other than `TimeDistributed`.
 
     Warns:
         UserWarning: if `model` has no BN layer (the result is then an
