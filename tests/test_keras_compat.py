@@ -123,3 +123,18 @@ def test_jax_trainer_holds_value_during_fit():
     model.fit(np.zeros((8, 2)), np.zeros((8, 2)), batch_size=4, verbose=0, callbacks=[Probe()])
     assert seen and all(seen)
     assert not compat.jax_trainer_holds_value(bn.moving_mean)
+
+
+def test_copy_lambda_shares_the_function_and_keeps_the_output_shape():
+    def scale(x, factor):
+        return x * factor
+
+    layer = keras.layers.Lambda(
+        scale, output_shape=(3,), arguments={"factor": 2.0}, name="scale", trainable=False
+    )
+    copy = compat.copy_lambda(layer)
+    assert copy is not layer and copy.function is scale and copy.name == "scale"
+    assert copy.arguments == {"factor": 2.0} and not copy.trainable
+    assert copy.compute_output_shape((None, 3)) == layer.compute_output_shape((None, 3))
+    x = np.ones((2, 3), "float32")
+    np.testing.assert_array_equal(keras.ops.convert_to_numpy(copy(x)), 2.0 * x)
