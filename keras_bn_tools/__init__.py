@@ -104,17 +104,27 @@ def _register_serializable_classes() -> None:
 
 
 class _RegisterAfterKerasImport(importlib.abc.MetaPathFinder, importlib.abc.Loader):
-    """Runs `_register_serializable_classes` right after the first `import keras`."""
+    """Runs `_register_serializable_classes` right after Keras is imported.
+
+    It hands out Keras's own spec with itself as the loader, which runs Keras's
+    loader and then the registration. It stays in `sys.meta_path` until Keras
+    is actually executed: a mere `importlib.util.find_spec("keras")` (as
+    TensorFlow makes) does not count.
+    """
 
     def __init__(self) -> None:
         self._loader: Any = None
+        self._searching = False
 
     def find_spec(self, fullname: str, path: Any, target: Any = None) -> Any:
-        if fullname != "keras":
+        if fullname != "keras" or self._searching:
             return None
-        sys.meta_path.remove(self)  # one shot; the regular finders locate Keras
-        spec = importlib.util.find_spec("keras")
-        if spec is None or spec.loader is None:
+        self._searching = True  # let the regular finders locate Keras
+        try:
+            spec = importlib.util.find_spec("keras")
+        finally:
+            self._searching = False
+        if spec is None or spec.loader is None or spec.loader is self:
             return spec
         self._loader, spec.loader = spec.loader, self
         return spec
@@ -123,6 +133,8 @@ class _RegisterAfterKerasImport(importlib.abc.MetaPathFinder, importlib.abc.Load
         return self._loader.create_module(spec)
 
     def exec_module(self, module: Any) -> None:
+        if self in sys.meta_path:
+            sys.meta_path.remove(self)
         self._loader.exec_module(module)
         _register_serializable_classes()
 

@@ -130,3 +130,17 @@ def test_import_keras_bn_tools_alone_does_not_import_keras():
         [sys.executable, "-c", script], capture_output=True, text=True, timeout=300, check=False
     )
     assert result.returncode == 0, result.stderr[-3000:]
+
+
+def test_registration_when_tensorflow_imports_keras():
+    # TensorFlow probes for Keras with importlib.util.find_spec, then imports it.
+    script = (
+        "import keras_bn_tools\n"
+        "import tensorflow\n"
+        "import keras\n"
+        "assert keras.saving.get_registered_object('keras_bn_tools>MomentumBatchNormalization')\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=300, check=False
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
