@@ -12,6 +12,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 __all__ = [
+    "MAX_LAYER_WEIGHTS",
     "MAX_SEED",
     "RENORM_CLIPPING_KEYS",
     "check_axis",
@@ -21,6 +22,7 @@ __all__ = [
     "check_float_array",
     "check_int_in_range",
     "check_int_sequence",
+    "check_layer_weights",
     "check_momentum",
     "check_nonnegative_float",
     "check_positive_int",
@@ -339,3 +341,29 @@ def check_seeds(name: str, seeds: Any) -> Sequence[int]:
         repeated = sorted({s for s in items if items.count(s) > 1})
         raise ValueError(f"`{name}` holds a seed more than once: {repeated}.")
     return items
+
+
+#: The most weights one layer of a built model may have: 2**31 float32 weights are 8 GiB,
+#: beyond any model these builders are for, and far below the sizes that overflow a
+#: backend's shape arithmetic (which fails deep inside it, or runs out of memory).
+MAX_LAYER_WEIGHTS = 2**31
+
+
+def check_layer_weights(name: str, value: Any, fan_in: int, width: int, fed_by: str = "") -> None:
+    """Raise `ValueError` naming `name` if a layer `fan_in` wide in, `width` out is too big.
+
+    Args:
+        name: the argument that set `width` (named in the message).
+        value: that argument's value (shown in the message).
+        fan_in: inputs per output unit (e.g. previous width times kernel area).
+        width: the layer's output units.
+        fed_by: what set `fan_in`, when another argument did (e.g. "`input_dim`=10").
+    """
+    if fan_in * width > MAX_LAYER_WEIGHTS:
+        source = f" fed by {fed_by}" if fed_by else ""
+        raise ValueError(
+            f"`{name}`={value!r}{source} gives a layer of {fan_in} x {width} = "
+            f"{fan_in * width:.3g} weights, more than the {MAX_LAYER_WEIGHTS:.3g} "
+            f"({MAX_LAYER_WEIGHTS * 4 // 2**30} GiB of float32) a model can hold; use "
+            "smaller sizes."
+        )

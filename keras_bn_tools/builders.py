@@ -19,66 +19,16 @@ from typing import Any
 
 import keras
 
-from keras_bn_tools._validation import check_int_sequence, check_positive_int
+from keras_bn_tools._model_utils import BNFactory, NormalizationFactory, is_linear, unique_name
+from keras_bn_tools._validation import (
+    check_bool,
+    check_int_sequence,
+    check_layer_weights,
+    check_positive_int,
+)
 from keras_bn_tools.placement import Placement, parse_placement
 
 __all__ = ["build_cnn", "build_lstm", "build_mlp"]
-
-BNFactory = Callable[[], keras.layers.Layer]
-
-
-class _NormalizationFactory:
-    """Makes the normalization layers of one model from a user's `bn_layer`.
-
-    Checks at construction that `bn_layer` is callable, and at each call that it
-    returned a new, unbuilt Keras layer. Without a `bn_layer` it makes
-    `keras.layers.BatchNormalization` on the channel axis of the layer it follows.
-    """
-
-    def __init__(self, bn_layer: BNFactory | None) -> None:
-        if bn_layer is not None and (
-            not callable(bn_layer) or isinstance(bn_layer, keras.layers.Layer)
-        ):
-            raise TypeError(
-                f"`bn_layer` must be None or a zero-argument callable returning a new "
-                f"normalization layer (e.g. `keras.layers.BatchNormalization` or "
-                f"`lambda: keras.layers.BatchNormalization(momentum=0.9)`), got {bn_layer!r}."
-            )
-        self._bn_layer = bn_layer
-        self._made: list[keras.layers.Layer] = []
-
-    def __call__(self, *, channels_first: bool = False) -> keras.layers.Layer:
-        if self._bn_layer is None:
-            return keras.layers.BatchNormalization(axis=1 if channels_first else -1)
-        layer = self._bn_layer()
-        if not isinstance(layer, keras.layers.Layer):
-            raise TypeError(
-                f"`bn_layer` must return a Keras layer, but {self._bn_layer!r} "
-                f"returned {layer!r} ({type(layer).__name__})."
-            )
-        if layer.built or any(layer is made for made in self._made):
-            raise ValueError(
-                f"`bn_layer` must return a new, unbuilt layer on every call, but "
-                f"{self._bn_layer!r} returned the layer {layer.name!r} again or already "
-                f"built. Pass a factory such as `lambda: keras.layers.BatchNormalization()`, "
-                f"not a layer instance."
-            )
-        self._made.append(layer)
-        return layer
-
-
-def _unique_name(base: str, taken: set[str]) -> str:
-    """`base`, or `base_1`, `base_2`, ...: the first one not in `taken`, which is updated."""
-    name, i = base, 0
-    while name in taken:
-        i += 1
-        name = f"{base}_{i}"
-    taken.add(name)
-    return name
-
-
-def _is_linear(activation: Any) -> bool:
-    return activation is None or keras.activations.get(activation) is keras.activations.linear
 
 
 def _check_activation(name: str, value: Any) -> Any:
@@ -104,7 +54,7 @@ def _with_bn(
     """
     if placement is Placement.NONE:
         return [make_layer(activation)]
-    if placement is Placement.AFTER or _is_linear(activation):
+    if placement is Placement.AFTER or is_linear(activation):
         return [make_layer(activation), make_bn()]
     return [make_layer(None), make_bn(), keras.layers.Activation(activation)]
 
@@ -113,7 +63,7 @@ def _dense_head(
     dense_units: tuple[int, ...],
     activation: Any,
     placement: Placement,
-    make_bn: _NormalizationFactory,
+    make_bn: NormalizationFactory,
     output_units: int,
     output_activation: Any,
     kernel_initializer: Any = "glorot_uniform",
@@ -138,8 +88,37 @@ def _sequential(
     # A user's `bn_layer` may name its layers; keep the names unique within the model.
     taken: set[str] = set()
     for layer in layers:
-        layer.name = _unique_name(layer.name, taken)
+        layer.name = unique_name(layer.name, taken)
     return keras.Sequential([keras.Input(shape=input_shape), *layers], name=name)
+
+
+def _check_widths(
+    fan_in: int,
+    groups: list[tuple[str, Sequence[int]]],
+    fan_in_factor: int = 1,
+    fed_by: str = "",
+) -> None:
+    """Refuse layers too big to build: `groups` are (argument, widths) in layer order.
+
+    Each layer's fan-in is the previous layer's width (times `fan_in_factor`, e.g.
+    a convolution's kernel area), starting from `fan_in`.
+    """
+    for name, widths in groups:
+        for width in widths:
+            check_layer_weights(name, tuple(widths), fan_in * fan_in_factor, width, fed_by)
+            fan_in, fed_by = width, ""
+
+
+def _kernel_area(kernel_size: Any) -> int:
+    """The number of positions of a 2-D kernel (1 where `kernel_size` is left to Keras)."""
+    sizes = (kernel_size, kernel_size) if isinstance(kernel_size, numbers.Integral) else kernel_size
+    try:
+        area = 1
+        for size in sizes:
+            area *= int(size)
+    except (TypeError, ValueError):
+        return 1  # Keras's own check names the bad `kernel_size`
+    return max(area, 1)
 
 
 def _check_shape(name: str, value: Any, rank: int, meaning: str, *, allow_none_first: bool):
@@ -211,9 +190,15 @@ def build_mlp(
     hidden_units = check_int_sequence("hidden_units", hidden_units)
     placement = parse_placement(bn, "bn")
     output_units = check_positive_int("output_units", output_units)
+    input_bn = check_bool("input_bn", input_bn)
+    _check_widths(
+        input_dim,
+        [("hidden_units", hidden_units), ("output_units", (output_units,))],
+        fed_by=f"`input_dim`={input_dim}",
+    )
     _check_activation("activation", activation)
     _check_activation("output_activation", output_activation)
-    make_bn = _NormalizationFactory(bn_layer)
+    make_bn = NormalizationFactory(bn_layer)
 
     layers: list[keras.layers.Layer] = [make_bn()] if input_bn else []
     layers += _dense_head(
@@ -289,11 +274,20 @@ def build_cnn(
     pool_every = check_positive_int("pool_every", pool_every, allow_none=True)
     dense_units = check_int_sequence("dense_units", dense_units, allow_empty=True)
     output_units = check_positive_int("output_units", output_units)
+    kernel_area = _kernel_area(kernel_size)
+    channels_first = keras.config.image_data_format() == "channels_first"
+    channels = input_shape[0] if channels_first else input_shape[-1]
+    _check_widths(
+        channels,
+        [("filters", filters)],
+        fan_in_factor=kernel_area,
+        fed_by=f"`input_shape`={input_shape}",
+    )
+    _check_widths(1, [("dense_units", dense_units), ("output_units", (output_units,))])
     _check_activation("activation", activation)
     _check_activation("output_activation", output_activation)
-    make_bn = _NormalizationFactory(bn_layer)
+    make_bn = NormalizationFactory(bn_layer)
 
-    channels_first = keras.config.image_data_format() == "channels_first"
     spatial = input_shape[1:] if channels_first else input_shape[:2]
     num_pools = 0 if pool_every is None else len(filters) // pool_every
     if min(spatial) < 2**num_pools:
@@ -374,8 +368,15 @@ def build_lstm(
     placement = parse_placement(bn, "bn")
     dense_units = check_int_sequence("dense_units", dense_units, allow_empty=True)
     output_units = check_positive_int("output_units", output_units)
+    # An LSTM layer holds 4 * units * (inputs + units) weights.
+    features = input_shape[-1]
+    fed_by = f"`input_shape`={input_shape}"
+    for n_units in units:
+        check_layer_weights("units", units, 4 * (features + n_units), n_units, fed_by)
+        features, fed_by = n_units, ""
+    _check_widths(features, [("dense_units", dense_units), ("output_units", (output_units,))])
     _check_activation("output_activation", output_activation)
-    make_bn = _NormalizationFactory(bn_layer)
+    make_bn = NormalizationFactory(bn_layer)
 
     layers: list[keras.layers.Layer] = []
     for i, n_units in enumerate(units):

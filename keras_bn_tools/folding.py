@@ -23,75 +23,12 @@ from typing import Any
 import keras
 import numpy as np
 from keras import ops
-from keras.src.models.functional import Functional  # what keras.models.clone_model uses
 
+from keras_bn_tools._keras_compat import functional_graph, graph_nodes, is_functional
 from keras_bn_tools._model_utils import batchnorm_layers
+from keras_bn_tools.layers.channel_affine import ChannelAffine
 
 __all__ = ["ChannelAffine", "FoldDecision", "fold_batchnorm", "plan_folding"]
-
-
-# --------------------------------------------------------------------------------------
-# The layer an unfoldable BN becomes
-# --------------------------------------------------------------------------------------
-
-
-@keras.saving.register_keras_serializable(package="keras_bn_tools")
-class ChannelAffine(keras.layers.Layer):
-    """A fixed per-channel affine map, `outputs = inputs * scale + offset`.
-
-    `scale` and `offset` are vectors along `axis`, broadcast over every other
-    axis. `fold_batchnorm` puts one where a batch normalization layer cannot
-    be merged into a neighbour; it computes exactly what that BN layer
-    computes at inference, with no notion of batch statistics.
-
-    Args:
-        axis: the channel axis (an integer, negative counts from the end).
-        **kwargs: base `keras.layers.Layer` arguments (`name`, `dtype`, ...).
-
-    Weights: `scale` (initialized to ones) and `offset` (zeros), each of shape
-    `(channels,)`.
-    """
-
-    def __init__(self, axis: int = -1, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        if isinstance(axis, bool) or not isinstance(axis, (int, np.integer)):
-            raise TypeError(f"`axis` must be an integer, got {axis!r} ({type(axis).__name__}).")
-        self.axis = int(axis)
-        self.supports_masking = True
-
-    def build(self, input_shape: tuple[int | None, ...]) -> None:
-        rank = len(input_shape)
-        if not -rank <= self.axis < rank:
-            raise ValueError(
-                f"`axis`={self.axis} is out of range for inputs of shape {tuple(input_shape)}."
-            )
-        channels = input_shape[self.axis]
-        if channels is None:
-            raise ValueError(
-                f"The channel axis {self.axis} of inputs of shape {tuple(input_shape)} "
-                "must have a known size."
-            )
-        self.scale = self.add_weight(name="scale", shape=(channels,), initializer="ones")
-        self.offset = self.add_weight(name="offset", shape=(channels,), initializer="zeros")
-        self.input_spec = keras.layers.InputSpec(ndim=rank, axes={self.axis: channels})
-
-    def call(self, inputs: Any, mask: Any = None) -> Any:
-        # `mask` passes through unchanged (`supports_masking`); accepting it lets the layer
-        # stand in for a BN call recorded with a mask argument.
-        del mask
-        rank = len(inputs.shape)
-        scale, offset = self.scale, self.offset
-        if self.axis % rank != rank - 1:
-            shape = [1] * rank
-            shape[self.axis] = -1
-            scale, offset = ops.reshape(scale, shape), ops.reshape(offset, shape)
-        return inputs * ops.cast(scale, inputs.dtype) + ops.cast(offset, inputs.dtype)
-
-    def compute_output_shape(self, input_shape: tuple[int | None, ...]) -> tuple[int | None, ...]:
-        return tuple(input_shape)
-
-    def get_config(self) -> dict[str, Any]:
-        return {**super().get_config(), "axis": self.axis}
 
 
 # --------------------------------------------------------------------------------------
@@ -151,6 +88,10 @@ def fold_batchnorm(model: keras.Model) -> keras.Model:
     their config with their weights, with a warning if a copied subclassed
     model contains BN layers.
 
+    A BN inside `keras.layers.TimeDistributed` becomes a `ChannelAffine` on
+    the matching axis of the wrapper's input (exact, not merged further); a
+    BN inside any other wrapper raises `ValueError`.
+
     Both `keras.layers.BatchNormalization` and its subclasses (such as
     `keras_bn_tools.layers.MomentumBatchNormalization`) are folded; each BN's
     inference output is checked against the affine map read from its weights,
@@ -168,8 +109,9 @@ def fold_batchnorm(model: keras.Model) -> keras.Model:
 
     Raises:
         TypeError: if `model` is not a `keras.Model`.
-        ValueError: if `model` is not built, is a subclassed model, or holds a
-            BN layer whose inference output cannot be read from its weights.
+        ValueError: if `model` is not built, is a subclassed model, holds a
+            BN layer whose inference output cannot be read from its weights, or
+            a BN inside a wrapper other than `TimeDistributed`.
 
     Warns:
         UserWarning: if `model` has no BN layer (the result is then an
@@ -244,7 +186,7 @@ _GLOBAL_AVG_POOLS = (
 
 
 def _is_graph_model(layer: Any) -> bool:
-    return isinstance(layer, (keras.Sequential, Functional))
+    return is_functional(layer)
 
 
 def _check_model(model: Any) -> None:
@@ -257,9 +199,7 @@ def _check_model(model: Any) -> None:
             f"fold_batchnorm needs a keras.Sequential or functional model; {model.name!r} is a "
             f"subclassed model ({type(model).__name__}) whose layer graph cannot be rewritten."
         )
-    if isinstance(model, keras.Sequential) and (
-        not model.built or getattr(model, "_functional", None) is None
-    ):
+    if not model.built or functional_graph(model) is None:
         raise ValueError(
             f"Model {model.name!r} is not built, so its BN statistics and layer shapes are "
             "unknown. Start it with keras.Input(shape), call model.build(input_shape) or call "
@@ -272,12 +212,8 @@ class _Graph:
 
     def __init__(self, model: keras.Model) -> None:
         # A built Sequential keeps the functional graph of its layers (checked by _check_model).
-        functional = model._functional if isinstance(model, keras.Sequential) else model
-        self.nodes: list[Any] = []
-        for depth in sorted(functional._nodes_by_depth, reverse=True):
-            for node in functional._nodes_by_depth[depth]:
-                if node.operation is not None and not node.is_input:
-                    self.nodes.append(node)
+        functional = functional_graph(model)
+        self.nodes: list[Any] = graph_nodes(functional)
         self.producer: dict[int, Any] = {}
         self.consumers: dict[int, list[Any]] = defaultdict(list)
         for node in self.nodes:
@@ -307,7 +243,7 @@ class _Pending:
 @dataclass
 class _Plan:
     drop: set[int]  # ids of BN layers removed (folded)
-    affine: dict[int, tuple[np.ndarray, np.ndarray]]  # BN layer id -> (scale, offset)
+    affine: dict[int, tuple[np.ndarray, np.ndarray, int]]  # BN layer id -> (scale, offset, axis)
     fold_in: dict[int, tuple[np.ndarray, np.ndarray]]  # target id -> input-side (s, t)
     fold_out: dict[int, tuple[np.ndarray, np.ndarray]]  # target id -> output-side (s, t)
     decisions: list[FoldDecision]
@@ -481,6 +417,9 @@ def _analyse(graph: _Graph, prefix: str, nested: bool = False) -> _Plan:
                 _analyse(_Graph(layer), f"{prefix}{layer.name}/", nested=True).decisions
             )
             continue
+        if _wrapped_batchnorm(layer) is not None:
+            _plan_wrapped(layer, node, plan, prefix)
+            continue
         if not isinstance(layer, keras.layers.BatchNormalization):
             continue
         name = prefix + layer.name
@@ -519,9 +458,50 @@ def _analyse(graph: _Graph, prefix: str, nested: bool = False) -> _Plan:
                 into = tuple(prefix + target.name for target, _ in targets)
                 plan.decisions.append(FoldDecision(name, "into_next", into))
                 continue
-        plan.affine[id(layer)] = (scale, offset)
+        plan.affine[id(layer)] = (scale, offset, axis)
         plan.decisions.append(FoldDecision(name, "affine", (), reason))
     return plan
+
+
+def _wrapped_batchnorm(layer: Any) -> keras.layers.BatchNormalization | None:
+    """The BN layer inside a wrapper such as `TimeDistributed(BatchNormalization())`."""
+    if isinstance(layer, keras.layers.Wrapper) and isinstance(
+        layer.layer, keras.layers.BatchNormalization
+    ):
+        return layer.layer
+    return None
+
+
+def _plan_wrapped(wrapper: keras.layers.Wrapper, node: Any, plan: _Plan, prefix: str) -> None:
+    """A `TimeDistributed` BN becomes a `ChannelAffine` on the same axis of the outer tensor.
+
+    At inference `TimeDistributed` applies the BN's affine map at every time step, which is
+    the same map on the outer tensor, one axis further right. It is not merged into a
+    neighbour (kept simple and exact); other wrappers have no known equivalent and raise.
+    """
+    bn = _wrapped_batchnorm(wrapper)
+    name = f"{prefix}{wrapper.name}/{bn.name}"
+    if not isinstance(wrapper, keras.layers.TimeDistributed):
+        raise ValueError(
+            f"Cannot fold {name!r}: a BN layer inside a {type(wrapper).__name__} wrapper has "
+            "no known equivalent affine layer. fold_batchnorm handles BN inside "
+            "keras.layers.TimeDistributed; move the BN out of the wrapper (or fold the model "
+            "by hand)."
+        )
+    outer_shape = tuple(node.input_tensors[0].shape)
+    inner_shape = (outer_shape[0], *outer_shape[2:])
+    inner_axis = bn.axis % len(inner_shape)
+    scale, offset = _bn_affine(bn)
+    _check_bn_affine(bn, scale, offset, inner_shape, inner_axis)
+    outer_axis = inner_axis + 1 if inner_axis > 0 else None
+    if outer_axis is None:
+        raise ValueError(
+            f"Cannot fold {name!r}: its BN normalizes axis 0 of each time step, the batch "
+            "axis, which has no fixed size."
+        )
+    plan.affine[id(wrapper)] = (scale, offset, outer_axis)
+    reason = f"the BN is wrapped in {type(wrapper).__name__} {wrapper.name!r}"
+    plan.decisions.append(FoldDecision(name, "affine", (), reason))
 
 
 # --------------------------------------------------------------------------------------
@@ -596,8 +576,9 @@ def _fold_model(model: keras.Model, prefix: str) -> keras.Model:
         if key in plan.drop:
             new: Any = _Drop()
         elif key in plan.affine:
-            new = ChannelAffine(axis=layer.axis, name=layer.name, dtype=layer.dtype_policy)
-            weights.append((new, [*plan.affine[key]]))
+            scale, offset, axis = plan.affine[key]
+            new = ChannelAffine(axis=axis, name=layer.name, dtype=layer.dtype_policy)
+            weights.append((new, [scale, offset]))
         elif _is_graph_model(layer):
             new = _fold_model(layer, f"{prefix}{layer.name}/")
         elif key in plan.fold_in or key in plan.fold_out:

@@ -6,14 +6,28 @@ from collections.abc import Callable
 from typing import Any
 
 import keras
-from keras.src.models.functional import Functional  # what keras.models.clone_model uses
 
-from keras_bn_tools._model_utils import batchnorm_layers
-from keras_bn_tools.builders import _is_linear, _NormalizationFactory, _unique_name
+from keras_bn_tools._keras_compat import (
+    copy_lambda,
+    graph_input_name,
+    inbound_tensors,
+    is_functional,
+    producer,
+)
+from keras_bn_tools._model_utils import (
+    NormalizationFactory,
+    batchnorm_layers,
+    is_linear,
+    unique_name,
+)
+from keras_bn_tools._validation import check_bool
 from keras_bn_tools.placement import Placement, parse_placement
 
 # `batchnorm_layers` is re-exported from the shared model utilities.
-__all__ = ["DEFAULT_LAYER_TYPES", "batchnorm_layers", "insert_batchnorm"]
+__all__ = ["DEFAULT_LAYER_TYPES", "batchnorm_layers", "insert_batchnorm", "replace_layers"]
+
+#: `replace(layer)` returns the layer's replacement (new, built, with its weights) or None.
+Replacement = Callable[[keras.layers.Layer], "keras.layers.Layer | None"]
 
 #: The layer types that `insert_batchnorm` puts BN at when `layer_types` is None.
 DEFAULT_LAYER_TYPES: tuple[type[keras.layers.Layer], ...] = (
@@ -80,22 +94,58 @@ def insert_batchnorm(
         The new model.
 
     Raises:
-        ValueError: on an unknown `placement`, an empty `layer_types`, or
-            `"before"` at a matching layer with no activation to split.
+        ValueError: on an unknown `placement`, an empty `layer_types`,
+            `"before"` at a matching layer with no activation to split, or a
+            layer that cannot be copied from its config.
         TypeError: if `model` is not a Sequential or functional model, on
             `layer_types` that are not layer classes, a non-callable
-            `bn_layer` or one that returns something other than a Keras layer.
+            `bn_layer` or one that returns something other than a Keras layer,
+            or a `skip_output` that is not a bool.
     """
     placement = parse_placement(placement, "placement")
     layer_types = _check_layer_types(layer_types)
-    if not isinstance(model, keras.Sequential | Functional):
+    skip_output = check_bool("skip_output", skip_output)
+    _check_graph_model(model)
+    rewriter = _Rewriter(placement, layer_types, NormalizationFactory(bn_layer))
+    return rewriter.rewrite(model, skip_output=skip_output)
+
+
+def replace_layers(model: keras.Model, replace: Replacement) -> keras.Model:
+    """A copy of `model` in which `replace` decides the fate of each layer.
+
+    `replace(layer)` returns a new, built layer to take `layer`'s place (with
+    whatever weights it should have), or None to keep a copy of `layer`
+    (re-created from its config, with its weights). Nested Sequential and
+    functional models are walked into, so `replace` also sees their layers.
+    The copy has the kind, name and compile config of `model`; `model` is
+    left untouched. This is what `keras_bn_tools.convert_batchnorm` uses.
+
+    Args:
+        model: a `keras.Sequential` or functional `keras.Model`.
+        replace: `replace(layer) -> keras.layers.Layer | None`.
+
+    Returns:
+        The new model.
+
+    Raises:
+        TypeError: if `model` is not a Sequential or functional model, or
+            `replace` is not callable.
+        ValueError: if a kept layer cannot be copied from its config.
+    """
+    _check_graph_model(model)
+    if not callable(replace):
+        raise TypeError(f"`replace` must be a callable (layer -> layer or None), got {replace!r}.")
+    rewriter = _Rewriter(Placement.NONE, DEFAULT_LAYER_TYPES, None, replace=replace)
+    return rewriter.rewrite(model, skip_output=False)
+
+
+def _check_graph_model(model: Any) -> None:
+    if not is_functional(model):
         raise TypeError(
             f"`model` must be a keras.Sequential or a functional keras.Model, got "
             f"{model!r} ({type(model).__name__}). Subclassed models have no layer graph "
             f"to rewrite."
         )
-    rewriter = _Rewriter(placement, layer_types, _NormalizationFactory(bn_layer))
-    return rewriter.rewrite(model, skip_output=bool(skip_output))
 
 
 def _input_like(tensor: Any) -> Any:
@@ -104,7 +154,7 @@ def _input_like(tensor: Any) -> Any:
         batch_shape=tensor.shape,
         dtype=tensor.dtype,
         sparse=tensor.sparse,
-        name=tensor._keras_history.operation.name,
+        name=graph_input_name(tensor),
     )
 
 
@@ -134,10 +184,17 @@ def _check_layer_types(layer_types: Any) -> tuple[type[keras.layers.Layer], ...]
 class _Rewriter:
     """One `insert_batchnorm` call: the settings and the per-model bookkeeping."""
 
-    def __init__(self, placement: Placement, layer_types: tuple[type, ...], make_bn) -> None:
+    def __init__(
+        self,
+        placement: Placement,
+        layer_types: tuple[type, ...],
+        make_bn: Any,
+        replace: Replacement | None = None,
+    ) -> None:
         self.placement = placement
         self.layer_types = layer_types
         self.make_bn = make_bn
+        self.replace = replace
 
     def rewrite(self, model: keras.Model, *, skip_output: bool) -> keras.Model:
         at_output = self._output_layers(model) if skip_output else set()
@@ -230,7 +287,7 @@ class _Rewriter:
         pending = list(model.outputs)
         while pending:
             # Walk the graph back through each tensor's history, as keras.Function does.
-            op, node_index, _ = pending.pop()._keras_history
+            op, node_index = producer(pending.pop())
             if op is None or (id(op), node_index) in seen:
                 continue
             seen.add((id(op), node_index))
@@ -239,12 +296,21 @@ class _Rewriter:
             if stops(op):
                 found.add(id(op))
             else:
-                pending += op._inbound_nodes[node_index].input_tensors
+                pending += inbound_tensors(op, node_index)
         return found
 
     def _clone(self, layer: Any, at_output: bool, copies: list) -> Any:
-        if isinstance(layer, keras.Sequential | Functional):
+        if is_functional(layer):
             return self.rewrite(layer, skip_output=at_output)
+        if self.replace is not None:
+            new = self.replace(layer)
+            if new is not None:
+                return new
+        if isinstance(layer, keras.layers.Lambda):
+            # Its function cannot be deserialized in safe mode; the copy shares the function.
+            new = copy_lambda(layer)
+            copies.append((layer, new))
+            return new
         config = layer.get_config()
         if self.placement is Placement.BEFORE and self._matches(layer) and not at_output:
             if isinstance(layer, keras.layers.LSTM):
@@ -253,7 +319,7 @@ class _Rewriter:
                 return BatchNormLSTM.from_lstm(layer)
             self._check_splittable(layer, config)
             config["activation"] = "linear"
-        new = layer.__class__.from_config(config)
+        new = _from_config(layer, config)
         if isinstance(layer, keras.layers.Layer):
             copies.append((layer, new))
         return new
@@ -265,10 +331,10 @@ class _Rewriter:
         if self.placement is Placement.BEFORE and isinstance(original, keras.layers.LSTM):
             return []  # BatchNormLSTM normalizes inside its cell
         bn = self.make_bn(channels_first=getattr(original, "data_format", None) == "channels_first")
-        bn.name = _unique_name(f"{original.name}_bn", taken)
-        if self.placement is Placement.AFTER or _is_linear(original.activation):
+        bn.name = unique_name(f"{original.name}_bn", taken)
+        if self.placement is Placement.AFTER or is_linear(original.activation):
             return [bn]
-        name = _unique_name(f"{original.name}_activation", taken)
+        name = unique_name(f"{original.name}_activation", taken)
         return [bn, keras.layers.Activation(original.activation, name=name)]
 
     @staticmethod
@@ -283,3 +349,16 @@ class _Rewriter:
                 f"keras_bn_tools.layers.BatchNormLSTM). Use placement='after' for {kind}, "
                 f"or leave {kind} out of `layer_types`."
             )
+
+
+def _from_config(layer: Any, config: dict) -> Any:
+    """`layer`'s class re-created from `config`, or a ValueError that says what to do."""
+    try:
+        return layer.__class__.from_config(config)
+    except Exception as error:
+        raise ValueError(
+            f"Cannot copy layer {layer.name!r} ({type(layer).__name__}) from its config: "
+            f"{type(error).__name__}: {error}. The rewritten model needs a new copy of every "
+            f"layer; give {type(layer).__name__} a get_config() that returns every constructor "
+            f"argument (https://keras.io/guides/serialization_and_saving/)."
+        ) from error

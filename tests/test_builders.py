@@ -291,3 +291,35 @@ def test_bad_activations_and_bn_layers():
                 build(factory)
     # bn="none" never calls the factory.
     assert summary(build_mlp(2, (2,), bn="none", bn_layer=lambda: 5))[0] == ("Dense", "relu", 2)
+
+
+# ------------------------------------------------------- sizes that cannot fit (issue 16)
+
+
+@pytest.mark.parametrize(
+    ("build", "argument"),
+    [
+        (lambda: build_mlp(2, 10**12), "hidden_units"),
+        (lambda: build_mlp(2, (50, 2**63)), "hidden_units"),
+        (lambda: build_mlp(10**12, (50,)), "input_dim"),
+        (lambda: build_mlp(2, (50,), output_units=10**12), "output_units"),
+        (lambda: build_cnn((8, 8, 3), (10**6, 10**6)), "filters"),
+        (lambda: build_cnn((8, 8, 3), (4,), dense_units=(10**10,)), "dense_units"),
+        (lambda: build_lstm((5, 3), (10**6,)), "units"),
+        (lambda: build_lstm((5, 10**12), (4,)), "input_shape"),
+    ],
+)
+def test_absurd_sizes_are_refused_at_construction(build, argument):
+    with pytest.raises(ValueError, match=f"`{argument}`"):
+        build()
+
+
+def test_large_but_possible_sizes_are_accepted():
+    model = build_mlp(2, (4096,), output_units=1000)
+    assert model.count_params() > 4_000_000
+
+
+@pytest.mark.parametrize("value", ["no", 1, None])
+def test_input_bn_must_be_a_bool(value):
+    with pytest.raises(TypeError, match="`input_bn`"):
+        build_mlp(2, input_bn=value)

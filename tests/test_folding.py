@@ -442,3 +442,44 @@ def test_folded_model_converts_to_tflite():
     got = interpreter.get_tensor(sink["index"])
     np.testing.assert_allclose(got, predict(folded, x), rtol=1e-5, atol=1e-5)
     assert_same_outputs(model, folded, x)
+
+
+# ------------------------------------------------------------- BN inside wrappers (issue 16)
+
+
+@pytest.mark.backend_agnostic
+@pytest.mark.parametrize("axis", [-1, 1])
+def test_batchnorm_inside_time_distributed_becomes_an_exact_channel_affine(axis):
+    model = keras.Sequential(
+        [
+            keras.Input((5, 6, 3)),
+            layers.TimeDistributed(layers.BatchNormalization(axis=axis), name="td"),
+            layers.Flatten(),
+            layers.Dense(2),
+        ]
+    )
+    randomize(model, seed=41)
+    (decision,) = plan_folding(model)
+    assert decision.action == "affine" and "TimeDistributed" in decision.reason
+    assert decision.layer.startswith("td/")
+    folded = fold_batchnorm(model)
+    assert not batchnorm_layers(folded)
+    assert type(folded.layers[0]) is ChannelAffine
+    x = np.random.default_rng(5).normal(size=(4, 5, 6, 3)).astype("float32")
+    np.testing.assert_allclose(predict(folded, x), predict(model, x), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.backend_agnostic
+def test_batchnorm_inside_another_wrapper_is_refused_by_name():
+    class Passthrough(layers.Wrapper):
+        def call(self, inputs, training=None):
+            return self.layer(inputs, training=training)
+
+        def compute_output_shape(self, input_shape):
+            return input_shape
+
+    model = keras.Sequential(
+        [keras.Input((3,)), Passthrough(layers.BatchNormalization(), name="wrap")]
+    )
+    with pytest.raises(ValueError, match=r"'wrap/batch_normalization'.*Passthrough"):
+        fold_batchnorm(model)

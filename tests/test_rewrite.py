@@ -10,6 +10,8 @@ from hypothesis import strategies as st
 from model_helpers import all_layers
 
 from keras_bn_tools import Placement, batchnorm_layers, insert_batchnorm
+from keras_bn_tools._keras_compat import node_count
+from keras_bn_tools.rewrite import replace_layers
 
 pytestmark = pytest.mark.backend_agnostic
 
@@ -215,7 +217,7 @@ def test_shared_layer_gets_one_shared_bn():
     model = keras.Model(inputs, keras.layers.Dense(1, name="out")(merged))
     new = insert_batchnorm(model, "before")
     assert sorted(bn.name for bn in batchnorm_layers(new)) == ["other_bn", "shared_bn"]
-    assert len(new.get_layer("shared_bn")._inbound_nodes) == 2
+    assert node_count(new.get_layer("shared_bn")) == 2
     assert_rewrite_contract(model, new, np.random.default_rng(3).normal(size=(4, 3)))
 
 
@@ -455,3 +457,74 @@ def test_batchnorm_layers_in_call_order_with_nested_models():
     )
     assert [bn.name for bn in batchnorm_layers(model)] == ["first", "inner_bn", "last"]
     assert batchnorm_layers(keras.Sequential([keras.layers.Dense(1)])) == []
+
+
+# ------------------------------------------------------------ argument checks (issue 16)
+
+
+@pytest.mark.parametrize("value", ["no", 0, None, 1.0])
+def test_skip_output_must_be_a_bool(value):
+    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
+    with pytest.raises(TypeError, match="`skip_output`"):
+        insert_batchnorm(model, skip_output=value)
+
+
+def test_lambda_layers_are_copied_with_their_function():
+    model = keras.Sequential(
+        [
+            keras.Input((3,)),
+            keras.layers.Dense(4),
+            keras.layers.Lambda(lambda x: x * 2.0 + 1.0, output_shape=(4,), name="affine"),
+            keras.layers.Dense(1),
+        ]
+    )
+    new = insert_batchnorm(model)
+    assert [layer.name for layer in new.layers] == ["dense", "dense_bn", "affine", "dense_1"]
+    assert new.get_layer("affine") is not model.get_layer("affine")
+    x = np.random.default_rng(0).normal(size=(4, 3)).astype("float32")
+    plain = insert_batchnorm(model, "none")
+    np.testing.assert_allclose(
+        keras.ops.convert_to_numpy(plain(x)), keras.ops.convert_to_numpy(model(x)), atol=1e-6
+    )
+
+
+class _IncompleteConfig(keras.layers.Layer):
+    """A custom layer whose get_config leaves out its constructor argument."""
+
+    def __init__(self, factor, **kwargs):
+        super().__init__(**kwargs)
+        self.factor = factor
+
+    def call(self, inputs):
+        return inputs * self.factor
+
+    def get_config(self):
+        return super().get_config()
+
+
+def test_a_layer_that_cannot_be_copied_is_named_with_what_to_do():
+    model = keras.Sequential(
+        [keras.Input((3,)), keras.layers.Dense(4), _IncompleteConfig(2.0, name="scaler")]
+    )
+    with pytest.raises(ValueError, match=r"(?s)'scaler' \(_IncompleteConfig\).*get_config"):
+        insert_batchnorm(model)
+
+
+def test_replace_layers_swaps_the_layers_it_is_given_and_copies_the_rest():
+    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(4), keras.layers.Dense(1)])
+
+    def replace(layer):
+        if layer.name == "dense_1":
+            new = keras.layers.Dense(1, use_bias=False, name="replaced")
+            new.build((None, 4))
+            return new
+        return None
+
+    new = replace_layers(model, replace)
+    assert [layer.name for layer in new.layers] == ["dense", "replaced"]
+    np.testing.assert_array_equal(
+        keras.ops.convert_to_numpy(new.layers[0].kernel),
+        keras.ops.convert_to_numpy(model.layers[0].kernel),
+    )
+    with pytest.raises(TypeError, match="`replace`"):
+        replace_layers(model, "not callable")

@@ -682,12 +682,126 @@ class MomentumBatchNormalization(keras.layers.BatchNormalization):
             self._bias_correction.assign(0.0)
         self.num_batches_tracked.assign(0)
 
+    # ------------------------------------------- Keras BN weights and conversion
+
+    @classmethod
+    def from_batchnorm(
+        cls, layer: keras.layers.BatchNormalization, **overrides: Any
+    ) -> MomentumBatchNormalization:
+        """A new layer of this class with `layer`'s configuration, name and weights.
+
+        `layer` is a `keras.layers.BatchNormalization` (or a subclass, this one
+        included). The new layer has the same arguments, name, gamma, beta and
+        moving statistics; `overrides` replace arguments (e.g. `momentum=None,
+        debias=True`). The extra state (`num_batches_tracked`, the last batch's
+        statistics, debias accumulators) starts fresh, and with the default
+        overrides the outputs are bit-identical to `layer`'s.
+
+        Args:
+            layer: the BN layer to copy; it is left untouched.
+            **overrides: constructor arguments of this class.
+
+        Returns:
+            The new layer, built if `layer` is.
+
+        Raises:
+            TypeError: on a `layer` that is not a BN layer or an unknown override.
+            ValueError: on an invalid override value.
+
+        Example:
+
+        ```python
+        import keras
+        from keras_bn_tools.layers import MomentumBatchNormalization
+
+        bn = keras.layers.BatchNormalization()
+        bn.build((None, 4))
+        layer = MomentumBatchNormalization.from_batchnorm(bn, momentum=None)
+        ```
+        """
+        from keras_bn_tools.convert import convert_layer  # convert imports this module
+
+        return convert_layer(layer, cls, **overrides)
+
+    def _keras_batchnorm_variables(self) -> list[keras.Variable]:
+        """The variables `keras.layers.BatchNormalization` has, in its `weights` order."""
+        names = ("gamma", "beta", "moving_mean", "moving_variance")
+        names += ("moving_stddev", "renorm_mean", "renorm_stddev")
+        own = {id(getattr(self, name, None)) for name in names}
+        return [variable for variable in self.weights if id(variable) in own]
+
+    def _restart_extra_state(self) -> None:
+        """Fresh extra state around loaded Keras BN statistics (as PyTorch's BN does for
+        checkpoints without `num_batches_tracked`): no batches counted, no last batch,
+        and with `debias` the loaded statistics count as a full average."""
+        self.num_batches_tracked.assign(0)
+        self.batch_mean.assign(ops.zeros(self.batch_mean.shape))
+        self.batch_variance.assign(ops.ones(self.batch_variance.shape))
+        if self.debias:
+            second = self.moving_stddev if self.renorm else self.moving_variance
+            self._bias_correction.assign(1.0)
+            self._biased_moving_mean.assign(self.moving_mean.value)
+            self._biased_moving_second.assign(second.value)
+
+    def _no_variables_error(self) -> ValueError:
+        return ValueError(
+            f"Layer {self.name!r} ({type(self).__name__}) found none of its variables in "
+            "the weights file. Keras keys `.weights.h5` entries by layer class, so "
+            "weights saved from a model with keras.layers.BatchNormalization cannot be "
+            "loaded straight into one with MomentumBatchNormalization. Load them into the "
+            "Keras-BN architecture, then convert: `model.load_weights(path); model = "
+            "keras_bn_tools.convert_batchnorm(model)` (and convert back with "
+            "`convert_batchnorm(model, to=keras.layers.BatchNormalization)` before saving "
+            "weights for Keras-BN users)."
+        )
+
     def load_own_variables(self, store) -> None:
+        """Keras's loading, plus: a store holding only Keras BN's variables loads them
+        with fresh extra state, and an empty store (a Keras-BN checkpoint, keyed by the
+        other class name) raises an error that says how to load it."""
+        if self.built:
+            keras_variables = self._keras_batchnorm_variables()
+            count = len(store.keys())
+            if count == 0 and self.weights:
+                raise self._no_variables_error()
+            if count == len(keras_variables) < len(self.weights):
+                # Keras BN stores its variables in its `weights` order, which ours keep.
+                for index, variable in enumerate(keras_variables):
+                    variable.assign(store[f"{index}"])
+                self._restart_extra_state()
+                self._sync_momentum_from_variables()
+                return
         super().load_own_variables(store)
         if self.built:
             self._sync_momentum_from_variables()
 
     def set_weights(self, weights) -> None:
+        """Set the layer's weights: all of them (`get_weights()` of this class), or
+        only Keras BN's (`keras.layers.BatchNormalization.get_weights()` of a layer
+        with the same `center`, `scale` and `renorm`), the extra state then fresh."""
+        weights = list(weights)
+        keras_variables = self._keras_batchnorm_variables() if self.built else []
+        if self.built and len(weights) == len(keras_variables) < len(self.weights):
+            for variable, value in zip(keras_variables, weights, strict=True):
+                if tuple(variable.shape) != tuple(np.shape(value)):
+                    raise ValueError(
+                        f"Layer {self.name!r}: weight {variable.name!r} has shape "
+                        f"{tuple(variable.shape)}, but the given array has shape "
+                        f"{tuple(np.shape(value))}."
+                    )
+            for variable, value in zip(keras_variables, weights, strict=True):
+                variable.assign(value)
+            self._restart_extra_state()
+            self._sync_momentum_from_variables()
+            return
+        if self.built and len(weights) != len(self.weights):
+            raise ValueError(
+                f"Layer {self.name!r} ({type(self).__name__}) takes either all its "
+                f"{len(self.weights)} weights (`get_weights()` of this class) or the "
+                f"{len(keras_variables)} of keras.layers.BatchNormalization (gamma, beta, "
+                f"moving_mean, moving_variance, as enabled by `scale`, `center`, "
+                f"`renorm`), got a list of {len(weights)} arrays."
+            )
         super().set_weights(weights)
         self._sync_momentum_from_variables()
 

@@ -32,8 +32,8 @@ from typing import Any
 
 import keras
 from keras import ops
-from keras.src import backend as _keras_backend  # `backend.rnn`: Keras's own RNN loop
 
+from keras_bn_tools._keras_compat import run_rnn_loop
 from keras_bn_tools._validation import check_positive_int, check_probability
 
 __all__ = ["BatchNormLSTM", "BatchNormLSTMCell"]
@@ -709,14 +709,13 @@ class BatchNormLSTM(keras.layers.RNN):
         states = [h_0, c_0, ops.zeros_like(h_0), ops.convert_to_tensor(0, "int32")]
         if training:
             states += [ops.zeros((slots, stat_width), dtype), ops.zeros((slots, 1), dtype)]
-        last_output, outputs, final_states = _keras_backend.rnn(
+        # Forward over the already reversed sequence, so that step t is slot t; the mask is
+        # applied in `step`, so that padding stays out of the statistics.
+        last_output, outputs, final_states = run_rnn_loop(
             step,
             step_inputs,
             states,
-            go_backwards=False,  # already reversed above, so that step t is slot t
-            mask=None,  # applied in `step`, so that padding stays out of the statistics
             unroll=self.unroll,
-            input_length=sequences.shape[1],
             return_all_outputs=self.return_sequences or trace,
         )
         result = {"outputs": outputs, "states": list(final_states[:2])}

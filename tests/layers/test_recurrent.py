@@ -44,7 +44,7 @@ def _inputs(batch, steps, features, seed):
 
 def _params(layer):
     """The cell's weights as float64 NumPy arrays, by name."""
-    return {v.name: np.asarray(v, dtype="float64") for v in layer.cell.weights}
+    return {v.name: to_numpy(v, dtype="float64") for v in layer.cell.weights}
 
 
 def _set_identity_statistics(layer):
@@ -72,6 +72,11 @@ def _randomize_bn(layer, seed):
         mean.assign(rng.normal(0, 0.5, mean.shape))
         variance = getattr(cell, f"{term}_moving_variance")
         variance.assign(rng.uniform(0.2, 2.0, variance.shape))
+
+
+def to_numpy(value, dtype=None):
+    """`value` (a tensor, variable or array) as NumPy, on every backend."""
+    return np.asarray(keras.ops.convert_to_numpy(value), dtype=dtype)
 
 
 def _sigmoid(z):
@@ -162,7 +167,7 @@ def test_identity_statistics_match_keras_lstm(problem, return_sequences, go_back
     got = layer(x, training=False)
     assert len(got) == 3
     for g, e in zip(got, expected, strict=True):
-        np.testing.assert_allclose(np.asarray(g), np.asarray(e), rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(to_numpy(g), to_numpy(e), rtol=1e-5, atol=1e-6)
 
 
 @given(lstm_problems(max_time=6), st.booleans())
@@ -176,7 +181,7 @@ def test_identity_statistics_match_keras_lstm_with_mask(problem, return_sequence
     _set_identity_statistics(layer)
     got = layer(x, mask=mask, training=False)
     for g, e in zip(got, expected, strict=True):
-        np.testing.assert_allclose(np.asarray(g), np.asarray(e), rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(to_numpy(g), to_numpy(e), rtol=1e-5, atol=1e-6)
 
 
 # --------------------------------------------------------------------------- the maths
@@ -193,7 +198,7 @@ def test_forward_matches_numpy_reference(problem, training):
     p = _params(layer)
     expected, *_ = reference_forward(x.astype("float64"), p, training=training)
     got = layer(x, training=training)
-    np.testing.assert_allclose(np.asarray(got), expected, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(to_numpy(got), expected, rtol=1e-4, atol=1e-5)
 
 
 @given(lstm_problems(max_batch=6))
@@ -204,13 +209,13 @@ def test_training_normalizes_every_term_at_every_step(problem):
     layer = _layer(units, x)
     _randomize_bn(layer, seed)
     cell, eps = layer.cell, layer.epsilon
-    trace = {k: np.asarray(v, dtype="float64") for k, v in layer.normalization_trace(x).items()}
+    trace = {k: to_numpy(v, dtype="float64") for k, v in layer.normalization_trace(x).items()}
     outputs = trace["output"]
     # The raw terms are what they claim to be.
-    np.testing.assert_allclose(trace["input_raw"], x @ np.asarray(cell.kernel), atol=1e-5)
+    np.testing.assert_allclose(trace["input_raw"], x @ to_numpy(cell.kernel), atol=1e-5)
     h_prev = np.concatenate([np.zeros_like(outputs[:, :1]), outputs[:, :-1]], axis=1)
     np.testing.assert_allclose(
-        trace["recurrent_raw"], h_prev @ np.asarray(cell.recurrent_kernel), atol=1e-5
+        trace["recurrent_raw"], h_prev @ to_numpy(cell.recurrent_kernel), atol=1e-5
     )
     for term, gamma, beta in (
         ("input", cell.input_gamma, 0.0),
@@ -219,7 +224,7 @@ def test_training_normalizes_every_term_at_every_step(problem):
     ):
         normalized, raw = trace[term], trace[f"{term}_raw"]
         variance = raw.var(axis=0)  # (steps, width), per step and feature
-        gamma, beta = np.asarray(gamma), np.asarray(beta)
+        gamma, beta = to_numpy(gamma), to_numpy(beta)
         np.testing.assert_allclose(
             normalized.mean(axis=0), np.broadcast_to(beta, variance.shape), atol=1e-5
         )
@@ -241,12 +246,12 @@ def test_training_updates_moving_statistics_per_step(problem, max_timesteps):
     layer(x, training=True)
     for name, value in expected.items():
         np.testing.assert_allclose(
-            np.asarray(getattr(layer.cell, name)), value, rtol=1e-4, atol=1e-5, err_msg=name
+            to_numpy(getattr(layer.cell, name)), value, rtol=1e-4, atol=1e-5, err_msg=name
         )
     # Slots the sequence does not reach keep their statistics.
     for slot in range(steps, max_timesteps):
         np.testing.assert_array_equal(
-            np.asarray(layer.cell.input_moving_mean)[slot], p["input_moving_mean"][slot]
+            to_numpy(layer.cell.input_moving_mean)[slot], p["input_moving_mean"][slot]
         )
 
 
@@ -256,13 +261,13 @@ def test_inference_uses_moving_statistics_and_leaves_them_alone():
     _randomize_bn(layer, 1)
     p = _params(layer)
     expected, *_ = reference_forward(x.astype("float64"), p, training=False)
-    np.testing.assert_allclose(np.asarray(layer(x)), expected, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(to_numpy(layer(x)), expected, rtol=1e-4, atol=1e-5)
     for name, value in p.items():
-        np.testing.assert_array_equal(np.asarray(getattr(layer.cell, name)), value)
+        np.testing.assert_array_equal(to_numpy(getattr(layer.cell, name)), value)
     # Longer sequences than the slots reuse the last slot.
     longer = _inputs(4, 8, 3, 1)
     expected, *_ = reference_forward(longer.astype("float64"), p, training=False)
-    np.testing.assert_allclose(np.asarray(layer(longer)), expected, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(to_numpy(layer(longer)), expected, rtol=1e-4, atol=1e-5)
 
 
 def test_max_timesteps_defaults_to_the_input_length():
@@ -280,10 +285,10 @@ def test_frozen_layer_runs_in_inference_mode():
     before = _params(layer)
     layer.trainable = False
     np.testing.assert_allclose(
-        np.asarray(layer(x, training=True)), np.asarray(layer(x, training=False)), atol=1e-7
+        to_numpy(layer(x, training=True)), to_numpy(layer(x, training=False)), atol=1e-7
     )
     for name, value in before.items():
-        np.testing.assert_array_equal(np.asarray(getattr(layer.cell, name)), value)
+        np.testing.assert_array_equal(to_numpy(getattr(layer.cell, name)), value)
 
 
 def test_without_cell_normalization():
@@ -320,8 +325,8 @@ def test_padding_stays_out_of_outputs_and_statistics(problem, training):
     for name, data in (("clean", x), ("noisy", noisy)):
         for v in layer.cell.weights:
             v.assign(p[v.name])
-        outputs[name] = np.asarray(layer(data, mask=mask, training=training))
-        moving = {k: np.asarray(getattr(layer.cell, k)) for k in expected_moving}
+        outputs[name] = to_numpy(layer(data, mask=mask, training=training))
+        moving = {k: to_numpy(getattr(layer.cell, k)) for k in expected_moving}
         for k, value in expected_moving.items():
             np.testing.assert_allclose(moving[k], value, rtol=1e-4, atol=1e-5, err_msg=k)
     np.testing.assert_allclose(outputs["clean"], expected, rtol=1e-4, atol=1e-5)
@@ -332,13 +337,13 @@ def test_masked_steps_keep_the_state():
     x = _inputs(2, 5, 3, 0)
     mask = np.array([[1, 1, 0, 0, 0], [1, 0, 1, 0, 1]], dtype=bool)
     layer = _layer(4, x, return_sequences=True, return_state=True)
-    outputs, h, c = (np.asarray(t) for t in layer(x, mask=mask))
+    outputs, h, c = (to_numpy(t) for t in layer(x, mask=mask))
     np.testing.assert_array_equal(outputs[0, 2:], np.repeat(outputs[0, 1:2], 3, axis=0))
     np.testing.assert_array_equal(outputs[1, 1], outputs[1, 0])
     np.testing.assert_array_equal(outputs[1, 3], outputs[1, 2])
     np.testing.assert_array_equal(h, outputs[:, -1])
     # The state after a masked tail is the state after the last kept step.
-    _, h_short, c_short = (np.asarray(t) for t in layer(x[:1, :2], training=False))
+    _, h_short, c_short = (to_numpy(t) for t in layer(x[:1, :2], training=False))
     np.testing.assert_allclose(h[:1], h_short, atol=1e-6)
     np.testing.assert_allclose(c[:1], c_short, atol=1e-6)
 
@@ -350,7 +355,7 @@ def test_mask_from_a_masking_layer():
     plain = keras.Sequential([keras.Input((2, 2)), BatchNormLSTM(3, max_timesteps=4)])
     plain.set_weights(model.get_weights())
     np.testing.assert_allclose(
-        np.asarray(model(x))[1], np.asarray(plain(x[1:2, :2]))[0], rtol=1e-5, atol=1e-6
+        to_numpy(model(x))[1], to_numpy(plain(x[1:2, :2]))[0], rtol=1e-5, atol=1e-6
     )
 
 
@@ -367,8 +372,8 @@ def test_return_sequences_and_state(problem):
     )
     last.build(x.shape)
     last.set_weights(layer.get_weights())
-    np.testing.assert_allclose(np.asarray(last(x)), np.asarray(sequence)[:, -1], atol=1e-6)
-    np.testing.assert_allclose(np.asarray(h), np.asarray(sequence)[:, -1], atol=1e-6)
+    np.testing.assert_allclose(to_numpy(last(x)), to_numpy(sequence)[:, -1], atol=1e-6)
+    np.testing.assert_allclose(to_numpy(h), to_numpy(sequence)[:, -1], atol=1e-6)
 
 
 def test_initial_state_and_go_backwards():
@@ -377,14 +382,14 @@ def test_initial_state_and_go_backwards():
     _randomize_bn(layer, 0)
     h0 = np.full((3, 2), 0.5, "float32")
     c0 = np.full((3, 2), -0.5, "float32")
-    with_state = np.asarray(layer(x, initial_state=[h0, c0], training=True))
-    assert not np.allclose(with_state, np.asarray(layer(x, training=True)))
+    with_state = to_numpy(layer(x, initial_state=[h0, c0], training=True))
+    assert not np.allclose(with_state, to_numpy(layer(x, training=True)))
     backwards = BatchNormLSTM.from_config({**layer.get_config(), "go_backwards": True})
     backwards.build(x.shape)
     backwards.set_weights(layer.get_weights())
     reversed_x = np.ascontiguousarray(x[:, ::-1])
     np.testing.assert_allclose(
-        np.asarray(backwards(x)), np.asarray(layer(reversed_x)), rtol=1e-5, atol=1e-6
+        to_numpy(backwards(x)), to_numpy(layer(reversed_x)), rtol=1e-5, atol=1e-6
     )
 
 
@@ -401,8 +406,8 @@ def test_cell_steps_match_the_layer_in_inference():
     steps = []
     for t in range(4):
         h, states = cell(x[:, t], states, timestep=t)
-        steps.append(np.asarray(h))
-    np.testing.assert_allclose(np.stack(steps, 1), np.asarray(layer(x)), rtol=1e-5, atol=1e-6)
+        steps.append(to_numpy(h))
+    np.testing.assert_allclose(np.stack(steps, 1), to_numpy(layer(x)), rtol=1e-5, atol=1e-6)
     with pytest.raises(ValueError, match="timestep"):
         cell(x[:, 0], states)
     with pytest.raises(ValueError, match="BatchNormLSTM"):
@@ -416,7 +421,7 @@ def test_cell_in_a_plain_rnn_with_shared_statistics():
     rnn = keras.layers.RNN(BatchNormLSTMCell(3, max_timesteps=1))
     rnn.build(x.shape)
     rnn.set_weights(layer.get_weights())
-    np.testing.assert_allclose(np.asarray(rnn(x)), np.asarray(layer(x)), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(to_numpy(rnn(x)), to_numpy(layer(x)), rtol=1e-5, atol=1e-6)
 
 
 # --------------------------------------------------------------------------- initial values
@@ -426,19 +431,19 @@ def test_cell_in_a_plain_rnn_with_shared_statistics():
 def test_gamma_initialization():
     x = np.zeros((1, 2, 3))
     cell = _layer(4, x).cell
-    np.testing.assert_allclose(np.asarray(cell.input_gamma), 0.1)
-    np.testing.assert_allclose(np.asarray(cell.recurrent_gamma), 0.1)
-    np.testing.assert_allclose(np.asarray(cell.cell_gamma), 1.0)
-    np.testing.assert_allclose(np.asarray(cell.cell_beta), 0.0)
-    np.testing.assert_allclose(np.asarray(cell.bias)[4:8], 1.0)  # unit forget bias
+    np.testing.assert_allclose(to_numpy(cell.input_gamma), 0.1)
+    np.testing.assert_allclose(to_numpy(cell.recurrent_gamma), 0.1)
+    np.testing.assert_allclose(to_numpy(cell.cell_gamma), 1.0)
+    np.testing.assert_allclose(to_numpy(cell.cell_beta), 0.0)
+    np.testing.assert_allclose(to_numpy(cell.bias)[4:8], 1.0)  # unit forget bias
     for term in TERMS:
-        np.testing.assert_allclose(np.asarray(getattr(cell, f"{term}_moving_mean")), 0.0)
-        np.testing.assert_allclose(np.asarray(getattr(cell, f"{term}_moving_variance")), 1.0)
+        np.testing.assert_allclose(to_numpy(getattr(cell, f"{term}_moving_mean")), 0.0)
+        np.testing.assert_allclose(to_numpy(getattr(cell, f"{term}_moving_variance")), 1.0)
     cell = _layer(4, x, gamma_initializer=0.25, cell_gamma_initializer=0.5).cell
-    np.testing.assert_allclose(np.asarray(cell.recurrent_gamma), 0.25)
-    np.testing.assert_allclose(np.asarray(cell.cell_gamma), 0.5)
+    np.testing.assert_allclose(to_numpy(cell.recurrent_gamma), 0.25)
+    np.testing.assert_allclose(to_numpy(cell.cell_gamma), 0.5)
     cell = _layer(4, x, gamma_initializer=keras.initializers.Constant(0.3)).cell
-    np.testing.assert_allclose(np.asarray(cell.input_gamma), 0.3)
+    np.testing.assert_allclose(to_numpy(cell.input_gamma), 0.3)
 
 
 # --------------------------------------------------------------------------- from_lstm
@@ -466,11 +471,11 @@ def test_from_lstm_copies_configuration_and_weights():
     )
     assert layer.dropout == 0.2 and layer.momentum == 0.5 and layer.max_timesteps == 3
     assert keras.activations.serialize(layer.recurrent_activation) == "hard_sigmoid"
-    np.testing.assert_array_equal(np.asarray(layer.cell.kernel), np.asarray(lstm.cell.kernel))
+    np.testing.assert_array_equal(to_numpy(layer.cell.kernel), to_numpy(lstm.cell.kernel))
     np.testing.assert_array_equal(
-        np.asarray(layer.cell.recurrent_kernel), np.asarray(lstm.cell.recurrent_kernel)
+        to_numpy(layer.cell.recurrent_kernel), to_numpy(lstm.cell.recurrent_kernel)
     )
-    np.testing.assert_allclose(np.asarray(layer.cell.input_gamma), 1.0)
+    np.testing.assert_allclose(to_numpy(layer.cell.input_gamma), 1.0)
 
     unbuilt = BatchNormLSTM.from_lstm(keras.layers.LSTM(3), name="fresh")
     assert not unbuilt.built and unbuilt.name == "fresh"
@@ -491,20 +496,20 @@ def test_fit_trains_and_moves_the_statistics(tmp_path):
     )
     model.compile("adam", keras.losses.BinaryCrossentropy(from_logits=True))
     cell = model.layers[0].cell
-    before = {v.name: np.asarray(v) for v in cell.weights}
+    before = {v.name: to_numpy(v) for v in cell.weights}
     history = model.fit(x, y, epochs=2, batch_size=16, verbose=0)
     assert np.all(np.isfinite(history.history["loss"]))
     for v in cell.weights:  # every weight, trainable or not, moved
-        assert not np.allclose(np.asarray(v), before[v.name]), v.name
+        assert not np.allclose(to_numpy(v), before[v.name]), v.name
 
-    expected = np.asarray(model(x, training=False))
+    expected = to_numpy(model(x, training=False))
     path = tmp_path / "model.keras"
     model.save(path)
     loaded = keras.models.load_model(path)  # safe_mode=True
     assert isinstance(loaded.layers[0], BatchNormLSTM)
-    np.testing.assert_allclose(np.asarray(loaded(x, training=False)), expected, atol=1e-6)
+    np.testing.assert_allclose(to_numpy(loaded(x, training=False)), expected, atol=1e-6)
     for v, w in zip(loaded.layers[0].cell.weights, cell.weights, strict=True):
-        np.testing.assert_array_equal(np.asarray(v), np.asarray(w))
+        np.testing.assert_array_equal(to_numpy(v), to_numpy(w))
 
 
 @backend_agnostic
@@ -598,7 +603,7 @@ def _lstm_identity_check(original, rewritten, x):
     expected = original(x, training=False)
     got = rewritten(x, training=False)
     for g, e in zip(keras.tree.flatten(got), keras.tree.flatten(expected), strict=True):
-        np.testing.assert_allclose(np.asarray(g), np.asarray(e), rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(to_numpy(g), to_numpy(e), rtol=1e-5, atol=1e-6)
 
 
 def test_insert_batchnorm_before_replaces_lstm_in_a_sequential_model():
@@ -612,17 +617,17 @@ def test_insert_batchnorm_before_replaces_lstm_in_a_sequential_model():
             keras.layers.Dense(1),
         ]
     )
-    before = [np.asarray(w) for w in model.get_weights()]
+    before = [to_numpy(w) for w in model.get_weights()]
     rewritten = insert_batchnorm(model, placement="before")
     kinds = [type(layer).__name__ for layer in rewritten.layers]
     assert kinds == ["BatchNormLSTM", "BatchNormLSTM", "Dense"]
     encoder = rewritten.get_layer("encoder")
     assert encoder.return_sequences and encoder.max_timesteps == 5
     np.testing.assert_array_equal(
-        np.asarray(encoder.cell.kernel), np.asarray(model.get_layer("encoder").cell.kernel)
+        to_numpy(encoder.cell.kernel), to_numpy(model.get_layer("encoder").cell.kernel)
     )
     for w, b in zip(model.get_weights(), before, strict=True):  # the input model is untouched
-        np.testing.assert_array_equal(np.asarray(w), b)
+        np.testing.assert_array_equal(to_numpy(w), b)
     _lstm_identity_check(model, rewritten, _inputs(4, 5, 3, 0))
     rewritten(_inputs(4, 5, 3, 1), training=True)
 
