@@ -19,6 +19,7 @@ import keras
 import numpy as np
 from keras import ops
 
+from keras_bn_tools._keras_compat import jax_trainer_holds_value
 from keras_bn_tools._validation import (
     RENORM_CLIPPING_KEYS,
     check_axis,
@@ -32,20 +33,6 @@ from keras_bn_tools._validation import (
 )
 
 __all__ = ["MomentumBatchNormalization"]
-
-
-def _detached_by_jax_trainer(variable: keras.Variable) -> bool:
-    """True while `model.fit` on JAX keeps this variable's value outside it.
-
-    During an epoch the JAX trainer moves the model state into its jitted
-    step and empties the variables (`_value is None` on an initialized
-    variable); a value assigned then would be overwritten at the epoch's end.
-    """
-    return (
-        keras.backend.backend() == "jax"
-        and getattr(variable, "_value", 0) is None
-        and getattr(variable, "_initializer", None) is None
-    )
 
 
 @keras.saving.register_keras_serializable(package="keras_bn_tools")
@@ -252,7 +239,7 @@ class MomentumBatchNormalization(keras.layers.BatchNormalization):
             self._momentum_value = momentum
 
     def _check_attached(self, what: str) -> None:
-        if _detached_by_jax_trainer(self._momentum_variables[0]):
+        if jax_trainer_holds_value(self._momentum_variables[0]):
             raise RuntimeError(
                 f"Cannot change `{what}` of layer {self.name!r} now: on the JAX backend, "
                 "model.fit() keeps the model's variables outside the model during an "

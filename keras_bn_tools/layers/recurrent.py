@@ -26,7 +26,6 @@ statistics are then updated once per call, after the loop (`moving = momentum * 
 
 from __future__ import annotations
 
-import math
 import numbers
 from typing import Any
 
@@ -34,7 +33,12 @@ import keras
 from keras import ops
 
 from keras_bn_tools._keras_compat import run_rnn_loop
-from keras_bn_tools._validation import check_positive_int, check_probability
+from keras_bn_tools._validation import (
+    check_bool,
+    check_epsilon,
+    check_positive_int,
+    check_probability,
+)
 
 __all__ = ["BatchNormLSTM", "BatchNormLSTMCell"]
 
@@ -47,17 +51,6 @@ def _as_initializer(value: Any) -> keras.initializers.Initializer:
     if isinstance(value, numbers.Real) and not isinstance(value, bool):
         return keras.initializers.Constant(float(value))
     return keras.initializers.get(value)
-
-
-def _check_epsilon(value: Any) -> float:
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, numbers.Real)
-        or not math.isfinite(value)
-        or value <= 0
-    ):
-        raise ValueError(f"`epsilon` must be a positive finite float, got {value!r}.")
-    return float(value)
 
 
 def _moments(values, weights):
@@ -162,16 +155,16 @@ class BatchNormLSTMCell(keras.layers.Layer):
     ) -> None:
         self.units = check_positive_int("units", units)
         self.momentum = check_probability("momentum", momentum)
-        self.epsilon = _check_epsilon(epsilon)
+        self.epsilon = check_epsilon("epsilon", epsilon)
         self.max_timesteps = check_positive_int("max_timesteps", max_timesteps, allow_none=True)
         self.dropout = check_probability("dropout", dropout)
         self.recurrent_dropout = check_probability("recurrent_dropout", recurrent_dropout)
         super().__init__(**kwargs)
         self.activation = keras.activations.get(activation)
         self.recurrent_activation = keras.activations.get(recurrent_activation)
-        self.use_bias = bool(use_bias)
-        self.unit_forget_bias = bool(unit_forget_bias)
-        self.normalize_cell = bool(normalize_cell)
+        self.use_bias = check_bool("use_bias", use_bias)
+        self.unit_forget_bias = check_bool("unit_forget_bias", unit_forget_bias)
+        self.normalize_cell = check_bool("normalize_cell", normalize_cell)
         self.kernel_initializer = keras.initializers.get(kernel_initializer)
         self.recurrent_initializer = keras.initializers.get(recurrent_initializer)
         self.bias_initializer = keras.initializers.get(bias_initializer)

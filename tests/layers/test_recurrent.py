@@ -559,9 +559,14 @@ def test_bad_arguments():
             BatchNormLSTM(2, momentum=momentum)
     with pytest.raises(TypeError, match="`momentum`"):
         BatchNormLSTM(2, momentum="high")
-    for epsilon in (0, -1e-3, float("nan"), "small"):
+    for epsilon in (0, -1e-3, float("nan")):
         with pytest.raises(ValueError, match="`epsilon`"):
             BatchNormLSTM(2, epsilon=epsilon)
+    with pytest.raises(TypeError, match="`epsilon`"):  # the same rule as the BN layer's
+        BatchNormLSTM(2, epsilon="small")
+    for flag in ("use_bias", "unit_forget_bias", "normalize_cell"):
+        with pytest.raises(TypeError, match=f"`{flag}`"):
+            BatchNormLSTM(2, **{flag: "no"})
     with pytest.raises(ValueError, match="`max_timesteps`"):
         BatchNormLSTM(2, max_timesteps=0)
     with pytest.raises(ValueError, match="`dropout`"):
