@@ -272,6 +272,7 @@ def test_a_new_fit_starts_a_new_history_and_history_is_cached(tmp_path, circles,
 
 
 def test_steps_per_execution_records_at_the_first_step_past_each_multiple():
+    # Not backend_agnostic: Keras's PyTorch trainer refuses steps_per_execution > 1.
     model = keras.Sequential([keras.Input((2,)), keras.layers.BatchNormalization()])
     model.compile(optimizer="sgd", loss="mse", steps_per_execution=2)
     tracker = MovingStatsTracker(every=3)
