@@ -13,6 +13,7 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
+import keras_bn_tools._cli_startup  # noqa: F401 - before TF loads: quiets its C++ logs in the CLI only
 from keras_bn_tools.placement import Placement
 
 __version__ = "0.1.0"

@@ -61,3 +61,70 @@ def check_probability(name: str, value: Any, *, allow_none: bool = False) -> flo
     if not 0.0 <= float(value) <= 1.0:
         raise ValueError(f"`{name}` must be in [0, 1], got {value!r}.")
     return float(value)
+
+
+def check_int_in_range(
+    name: str, value: Any, *, minimum: int | None = None, maximum: int | None = None
+) -> int:
+    """Return `value` as an int in `[minimum, maximum]` (either bound optional), else raise.
+
+    Raises `TypeError` for a non-integer (bools included) and `ValueError` for
+    an integer out of range; both messages name `name`.
+    """
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"`{name}` must be an integer, got {value!r} ({type(value).__name__}).")
+    value = int(value)
+    if (minimum is not None and value < minimum) or (maximum is not None and value > maximum):
+        low = "-inf" if minimum is None else str(minimum)
+        high = "inf" if maximum is None else str(maximum)
+        raise ValueError(f"`{name}` must be an integer in [{low}, {high}], got {value!r}.")
+    return value
+
+
+def check_choice(name: str, value: Any, choices: Sequence[str]) -> str:
+    """Return `value` lower-cased if it is one of `choices` (case-insensitive), else raise."""
+    if not isinstance(value, str):
+        raise TypeError(
+            f"`{name}` must be one of {', '.join(map(repr, choices))}, got {value!r} "
+            f"({type(value).__name__})."
+        )
+    if value.lower() not in choices:
+        raise ValueError(f"`{name}` must be one of {', '.join(map(repr, choices))}, got {value!r}.")
+    return value.lower()
+
+
+#: Seeds go to `keras.utils.set_random_seed`, which seeds NumPy: 32-bit unsigned.
+MAX_SEED = 2**32 - 1
+
+
+def check_seeds(name: str, seeds: Any) -> Sequence[int]:
+    """Return `seeds` as a sequence of distinct ints in `[0, MAX_SEED]`, else raise.
+
+    A `range` is checked from its ends and returned as is, never expanded, so
+    `range(10**12)` costs nothing until it is iterated; any other iterable is
+    read into a tuple.
+    """
+    if isinstance(seeds, range):
+        if seeds.step < 0:
+            seeds = seeds[::-1]
+        if len(seeds) == 0:
+            raise ValueError(f"`{name}` must hold at least one seed, got {seeds!r}.")
+        if seeds[0] < 0 or seeds[-1] > MAX_SEED:
+            raise ValueError(
+                f"`{name}` must hold integers in [0, {MAX_SEED}] (2**32 - 1), got {seeds!r}."
+            )
+        return seeds
+    if isinstance(seeds, numbers.Integral) and not isinstance(seeds, bool):
+        seeds = (seeds,)
+    if isinstance(seeds, str) or not hasattr(seeds, "__iter__"):
+        raise TypeError(
+            f"`{name}` must be an iterable of integers (e.g. range(10)), got {seeds!r} "
+            f"({type(seeds).__name__})."
+        )
+    items = tuple(check_int_in_range(name, s, minimum=0, maximum=MAX_SEED) for s in seeds)
+    if not items:
+        raise ValueError(f"`{name}` must hold at least one seed, got {seeds!r}.")
+    if len(set(items)) != len(items):
+        repeated = sorted({s for s in items if items.count(s) > 1})
+        raise ValueError(f"`{name}` holds a seed more than once: {repeated}.")
+    return items

@@ -1,185 +1,267 @@
-"""The `keras-bn-tools` command.
+"""The `keras-bn-tools` command (also `python -m keras_bn_tools`).
 
-- `keras-bn-tools circles`: run the circles study (the tutorial's three models
-  over 10 seeds by default), print the table, and write `results.json`,
-  `results.csv`, `runs.csv`, `table.md` and learning-curve plots under `--out`.
-- `keras-bn-tools summary`: print the Keras summary of each config's model.
+- `keras-bn-tools circles|digits|sequence [options]`: run a built-in study.
+- `keras-bn-tools study MODULE:ATTR [options]`: run the user's `Protocol`
+  (`MODULE` is imported with the current directory on the path).
+- `keras-bn-tools summary [PROTOCOL] [--configs ...]`: print each config's model.
 
-Arguments are checked, and `--out` is checked to be writable, before anything
-runs; bad input prints one line on stderr and exits with status 2. Results are
-written to a temporary directory next to `--out` and moved into place only
-when everything is written, so an interrupted or failed run leaves nothing
-half-written.
+Each study prints its table and writes `results.json`, `results.csv` (one row
+per run per epoch), `runs.csv` (one row per run), `table.md`, `accuracy.png`
+and `loss.png` under `--out`. Every option is checked before any work: bad
+input prints one line naming the option and exits with status 2. Results are
+written to a hidden staging directory next to `--out` and moved into place
+only when everything is written; SIGINT, SIGTERM and SIGHUP remove the
+staging directory, so a stopped run leaves `--out` as it was.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import importlib
 import os
 import shutil
+import signal
 import sys
 import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
+from typing import Any
+
+from keras_bn_tools._validation import MAX_SEED, check_int_in_range
 
 __all__ = ["main"]
 
 PROG = "keras-bn-tools"
-EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
+BUILTIN = ("circles", "digits", "sequence")
+OUTPUTS = ("results.json", "results.csv", "runs.csv", "table.md", "accuracy.png", "loss.png")
 
 
 class UsageError(Exception):
     """Bad input found after parsing (reported like argparse's errors, exit status 2)."""
 
 
-def _int_at_least(minimum: int, what: str) -> Callable[[str], int]:
-    """An argparse `type` that accepts integers >= `minimum`."""
+class Stopped(BaseException):
+    """SIGTERM or SIGHUP arrived (SIGINT raises KeyboardInterrupt)."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
+
+
+def _int_option(minimum: int, maximum: int | None = None) -> Callable[[str], int]:
+    """An argparse `type`: an integer in `[minimum, maximum]`, via `_validation`."""
 
     def parse(text: str) -> int:
         try:
             value = int(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
-        if value < minimum:
-            raise argparse.ArgumentTypeError(f"expected {what} (>= {minimum}), got {value}")
-        return value
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        try:
+            return check_int_in_range("value", value, minimum=minimum, maximum=maximum)
+        except ValueError:
+            high = "" if maximum is None else f" and <= {maximum}"
+            raise argparse.ArgumentTypeError(
+                f"expected an integer >= {minimum}{high}, got {text}"
+            ) from None
 
     return parse
 
 
-_positive_int = _int_at_least(1, "a positive integer")
-_non_negative_int = _int_at_least(0, "an integer >= 0")
+# --------------------------------------------------------------------------- parser
 
 
-def _add_configs_argument(parser: argparse.ArgumentParser, verb: str) -> None:
-    from keras_bn_tools.studies.circles import CONFIGS, DEFAULT_CONFIGS
-
+def _add_study_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--configs",
         nargs="+",
         metavar="NAME",
-        default=list(DEFAULT_CONFIGS),
-        choices=[*CONFIGS, "all"],
-        help=f"configs to {verb}, or 'all' (default: {' '.join(DEFAULT_CONFIGS)})",
+        help="configs to run, or 'all' (default: the protocol's defaults)",
     )
-
-
-def _config_names() -> list[str]:
-    # The study module imports NumPy only at import time: no TensorFlow for --help.
-    from keras_bn_tools.studies.circles import CONFIGS
-
-    return list(CONFIGS)
-
-
-def _build_parser() -> argparse.ArgumentParser:
-    from keras_bn_tools import __version__
-    from keras_bn_tools.studies.circles import CONFIGS, SHUFFLES
-
-    parser = argparse.ArgumentParser(
-        prog=PROG,
-        description="Batch normalization tools for Keras 3: the circles study and friends.",
-    )
-    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
-    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
-    commands.required = True
-
-    config_help = "; ".join(f"{name}: {c.description}" for name, c in CONFIGS.items())
-    circles = commands.add_parser(
-        "circles",
-        help="run the circles study and write its table, results and plots",
-        description=(
-            "Train an MLP on make_circles without BN, with BN after and with BN before the "
-            "ReLU (and variants), once per seed, under the tutorial's protocol (SGD lr 0.01 "
-            "momentum 0.9, batch 32, 100 epochs); print a table of final accuracies and "
-            "epochs to 80% test accuracy; write results.json, results.csv (one row per run "
-            "per epoch), runs.csv (one row per run), table.md, accuracy.png and loss.png "
-            "(mean over seeds with a ± 1 sd band) under --out."
-        ),
-        epilog=f"Configs: {config_help}.",
-    )
-    _add_configs_argument(circles, "run")
-    circles.add_argument(
+    parser.add_argument(
         "--seeds",
-        type=_positive_int,
+        type=_int_option(1, MAX_SEED + 1),
         default=10,
         metavar="N",
-        help="number of seeds per config: seeds FIRST..FIRST+N-1 (default: 10)",
+        help="seeds per config: FIRST..FIRST+N-1 (default: 10)",
     )
-    circles.add_argument(
+    parser.add_argument(
         "--first-seed",
-        type=_non_negative_int,
+        type=_int_option(0, MAX_SEED),
         default=0,
         metavar="FIRST",
         help="first seed (default: 0)",
     )
-    circles.add_argument(
-        "--epochs", type=_positive_int, default=100, metavar="E", help="epochs (default: 100)"
+    parser.add_argument(
+        "--epochs",
+        type=_int_option(1, 10**6),
+        metavar="E",
+        help="epochs per run (default: the protocol's)",
     )
-    circles.add_argument(
+    parser.add_argument(
         "--batch-size",
-        type=_positive_int,
-        default=32,
+        type=_int_option(1, 10**8),
         metavar="B",
-        help="batch size (default: 32)",
+        help="batch size (default: the protocol's)",
     )
-    circles.add_argument(
+    parser.add_argument(
         "--engine",
-        choices=["compiled", "fit"],
-        default="compiled",
-        help="'compiled': each run as one TensorFlow graph (fast, the default); "
-        "'fit': plain model.fit",
+        choices=["auto", "compiled", "fit"],
+        default="auto",
+        help="'auto' (default): the compiled engine on TensorFlow and JAX, "
+        "'fit' elsewhere; 'compiled': each run compiled whole; 'fit': model.fit",
     )
-    circles.add_argument(
+    parser.add_argument(
         "--shuffle",
-        choices=list(SHUFFLES),
-        default="once",
-        help="'once' (default): what model.fit(shuffle=True) does under a seed, one "
-        "permutation reused every epoch; 'epoch': a new one every epoch; 'none'",
+        choices=["epoch", "once", "none"],
+        default="epoch",
+        help="'epoch' (default): a fresh order of the training rows every "
+        "epoch (the tutorial's); 'once': one order reused every epoch; 'none'",
     )
-    circles.add_argument(
+    parser.add_argument(
         "--out",
-        default="circles_results",
         metavar="DIR",
-        help="directory for the results (created if needed; default: ./circles_results)",
+        help="results directory (default: ./PROTOCOL_results); created, or "
+        "replaced as a whole with --overwrite",
     )
-    circles.add_argument(
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace an existing results directory (one with results.json)",
+    )
+    parser.add_argument(
         "--moving-stats",
         action="store_true",
-        help="also write moving_stats.npz: every BN statistic at the end of every epoch",
+        help="also write moving_stats.npz: every BN statistic after every epoch",
     )
-    circles.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
-    circles.set_defaults(handler=_run_circles)
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
+    parser.set_defaults(handler=_run_study)  # fmt: skip
 
-    summary = commands.add_parser(
-        "summary",
-        help="print the Keras model summary of each circles config",
-        description="Print the layers of each circles config's model (Keras model.summary).",
+
+def _protocol_epilog(name: str) -> str | None:
+    try:
+        protocol = _builtin(name)
+    except UsageError:
+        return None
+    configs = "; ".join(f"{c}: {d}" for c, d in protocol.configs.items())
+    return f"{protocol.description} Configs: {configs}."
+
+
+def _build_parser(argv: Sequence[str]) -> argparse.ArgumentParser:
+    from keras_bn_tools import __version__
+
+    parser = argparse.ArgumentParser(
+        prog=PROG, description="Batch normalization tools for Keras 3: reproducible BN studies."
     )
-    _add_configs_argument(summary, "show")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    commands.required = True
+    for name in BUILTIN:
+        # Only the protocol being run is imported (for its --help): --help stays fast.
+        epilog = _protocol_epilog(name) if argv[:1] == [name] else None
+        what = f"Run the {name} study: each config once per seed; print the table; write files."
+        sub = commands.add_parser(
+            name, help=f"run the {name} study", epilog=epilog, description=what
+        )
+        _add_study_options(sub)
+        sub.set_defaults(protocol=name)
+    study = commands.add_parser(
+        "study", help="run your own Protocol: keras-bn-tools study MODULE:ATTR",
+        description="Run a keras_bn_tools.studies.Protocol of yours, named MODULE:ATTR "
+        "(MODULE is imported with the current directory on the path).",
+    )  # fmt: skip
+    study.add_argument("protocol", metavar="MODULE:ATTR", help="e.g. my_study:PROTOCOL")
+    _add_study_options(study)
+    summary = commands.add_parser("summary", help="print the model of each config")
+    summary.add_argument("protocol", nargs="?", default="circles", choices=BUILTIN,
+                         help="built-in protocol (default: circles)")  # fmt: skip
+    summary.add_argument("--configs", nargs="+", metavar="NAME", help="configs (default: all)")
     summary.set_defaults(handler=_run_summary)
     return parser
 
 
-def _expand_configs(names: Sequence[str]) -> list[str]:
+# --------------------------------------------------------------------------- checks
+
+
+def _builtin(name: str):
+    from keras_bn_tools.studies import PROTOCOLS
+
+    try:
+        return PROTOCOLS[name]
+    except ModuleNotFoundError as error:
+        raise UsageError(f"the {name} protocol is not available here ({error})") from None
+
+
+def _user_protocol(spec: str):
+    from keras_bn_tools.studies import Protocol
+
+    module_name, _, attr = spec.partition(":")
+    if not module_name or not attr:
+        raise UsageError(f"MODULE:ATTR: expected e.g. my_study:PROTOCOL, got {spec!r}")
+    if "" not in sys.path and os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())  # as `python -m` would
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as error:
+        raise UsageError(f"MODULE:ATTR: cannot import {module_name!r}: {error}") from None
+    protocol = getattr(module, attr, None)
+    if not isinstance(protocol, Protocol):
+        raise UsageError(
+            f"MODULE:ATTR: {spec!r} must name a keras_bn_tools.studies.Protocol, got "
+            f"{type(protocol).__name__}"
+        )
+    return protocol
+
+
+def _configs(protocol, names: Sequence[str] | None) -> list[str] | None:
+    if names is None:
+        return None
     if "all" in names:
-        return _config_names()
-    seen: list[str] = []
-    for name in names:
-        if name not in seen:
-            seen.append(name)
-    return seen
+        return list(protocol.configs)
+    unknown = [n for n in names if n not in protocol.configs]
+    if unknown:
+        raise UsageError(
+            f"--configs: unknown {protocol.name} config(s) {', '.join(map(repr, unknown))}; "
+            f"choose from {', '.join(protocol.configs)} or all"
+        )
+    return list(dict.fromkeys(names))
 
 
-# --------------------------------------------------------------------------- output directory
+def _check_engine(engine: str) -> None:
+    from keras_bn_tools.studies.engines import EngineUnavailableError, resolve_engine
+
+    try:
+        resolve_engine(engine)
+    except EngineUnavailableError as error:
+        import keras
+
+        raise UsageError(
+            f"--engine {engine}: no compiled engine on the {keras.backend.backend()!r} "
+            f"backend; use --engine fit (or --engine auto)"
+        ) from error
 
 
-def _check_out(out: Path) -> Path:
-    """Check that `out` can be created or written; return the existing directory in which
-    the staging directory goes (`out` itself, or its nearest existing ancestor)."""
-    out = out.expanduser()
+def _check_out(out: Path, overwrite: bool) -> Path:
+    """Refuse an `--out` that cannot be written or would mix two studies; return the
+    existing directory where the staging directory goes (next to `--out`)."""
+    if str(out) in ("", "."):
+        raise UsageError("--out: give a directory name (not '' or the current directory)")
+    out = out.expanduser().absolute()
     if out.exists() and not out.is_dir():
         raise UsageError(f"--out {str(out)!r} exists and is not a directory")
-    anchor = out.absolute()
+    if out.is_dir() and any(out.iterdir()):
+        if not (out / "results.json").exists():
+            raise UsageError(
+                f"--out {str(out)!r} is a directory that holds other files and no "
+                f"results.json; choose a new or empty directory"
+            )
+        if not overwrite:
+            raise UsageError(
+                f"--out {str(out)!r} holds an earlier study; pass --overwrite to replace it "
+                f"as a whole, or choose another directory"
+            )
+    anchor = out.parent
     while not anchor.exists():
         anchor = anchor.parent
     if not anchor.is_dir():
@@ -189,118 +271,155 @@ def _check_out(out: Path) -> Path:
     return anchor
 
 
-def _make_staging(anchor: Path) -> Path:
+# --------------------------------------------------------------------------- output
+
+
+@contextlib.contextmanager
+def _stop_on_signals() -> Iterator[None]:
+    """SIGTERM and SIGHUP raise `Stopped` (as SIGINT raises KeyboardInterrupt), so that
+    `finally` blocks run and remove the staging directory."""
+
+    def handler(signum, frame):
+        raise Stopped(signum)
+
+    previous = {}
+    for name in ("SIGTERM", "SIGHUP"):
+        if hasattr(signal, name):
+            previous[name] = signal.signal(getattr(signal, name), handler)
     try:
-        staging = Path(tempfile.mkdtemp(prefix=".keras-bn-tools-circles-", dir=anchor))
+        yield
+    finally:
+        for name, old in previous.items():
+            signal.signal(getattr(signal, name), old)
+
+
+@contextlib.contextmanager
+def _signals_held() -> Iterator[None]:
+    """Hold SIGINT, SIGTERM and SIGHUP (delivered on exit) while files are renamed."""
+    names = ("SIGINT", "SIGTERM", "SIGHUP")
+    signals = {getattr(signal, n) for n in names if hasattr(signal, n)}
+    if not hasattr(signal, "pthread_sigmask"):  # pragma: no cover - Windows
+        yield
+        return
+    signal.pthread_sigmask(signal.SIG_BLOCK, signals)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, signals)
+
+
+def _make_staging(anchor: Path, name: str) -> Path:
+    try:
+        staging = Path(tempfile.mkdtemp(prefix=f".keras-bn-tools-{name}-", dir=anchor))
     except OSError as error:
         raise UsageError(f"--out: cannot write in {str(anchor)!r}: {error.strerror}") from None
-    # mkdtemp makes it private (0o700); it may become --out itself, so use the umask.
-    umask = os.umask(0)
+    umask = os.umask(0)  # mkdtemp makes it private; it becomes --out, so use the umask
     os.umask(umask)
     staging.chmod(0o777 & ~umask)
     return staging
 
 
-def _publish(staging: Path, out: Path) -> list[Path]:
-    """Move every file of `staging` into `out` (each with an atomic rename)."""
-    out = out.expanduser()
-    names = sorted(p.name for p in staging.iterdir())
-    if not out.exists():
+def _publish(staging: Path, out: Path) -> None:
+    """Move the finished staging directory to `out`, replacing an earlier study whole."""
+    out = out.expanduser().absolute()
+    with _signals_held():
         out.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            staging.rename(out)
-            return [out / name for name in names]
-        except OSError:
-            out.mkdir(parents=True, exist_ok=True)
-    for name in names:
-        os.replace(staging / name, out / name)
-    return [out / name for name in names]
+        old = None
+        if out.exists():
+            old = Path(tempfile.mkdtemp(prefix=".keras-bn-tools-old-", dir=out.parent))
+            os.rename(out, old / "results")
+        os.rename(staging, out)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+
+
+def _write(result: Any, staging: Path, moving_stats: bool) -> str:
+    table = result.table()
+    result.to_json(staging / "results.json")
+    result.to_csv(staging / "results.csv", per="epoch")
+    result.to_csv(staging / "runs.csv", per="run")
+    (staging / "table.md").write_text(table + "\n", encoding="utf-8")
+    result.plot(staging / "accuracy.png", metrics=("accuracy", "val_accuracy"))
+    result.plot(staging / "loss.png", metrics=("loss", "val_loss"))
+    if moving_stats and (arrays := result.moving_stats_arrays()):
+        import numpy as np
+
+        np.savez_compressed(staging / "moving_stats.npz", **arrays)
+    return table
 
 
 # --------------------------------------------------------------------------- commands
 
 
-def _quiet_tensorflow() -> None:
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+def _run_study(args: argparse.Namespace) -> int:
+    if args.first_seed + args.seeds - 1 > MAX_SEED:
+        raise UsageError(
+            f"--seeds/--first-seed: seeds {args.first_seed}..{args.first_seed + args.seeds - 1} "
+            f"go past {MAX_SEED} (2**32 - 1)"
+        )
+    user = args.command == "study"
+    protocol = _user_protocol(args.protocol) if user else _builtin(args.protocol)
+    configs = _configs(protocol, args.configs)
+    out = Path(args.out if args.out is not None else f"{protocol.name}_results")
+    anchor = _check_out(out, args.overwrite)
+    _check_engine(args.engine)
+    from keras_bn_tools.studies import run_study
 
-
-def _run_circles(args: argparse.Namespace) -> int:
-    configs = _expand_configs(args.configs)
-    out = Path(args.out)
-    anchor = _check_out(out)  # --out itself if it exists, else its nearest existing ancestor
-    _quiet_tensorflow()
-    import numpy as np
-
-    from keras_bn_tools.studies.circles import run_study
-
-    staging = _make_staging(anchor)
+    staging = _make_staging(anchor, protocol.name)
     try:
         result = run_study(
-            configs=configs,
-            seeds=range(args.first_seed, args.first_seed + args.seeds),
-            epochs=args.epochs,
-            batch_size=args.batch_size,
-            engine=args.engine,
-            progress=not args.no_progress,
-            shuffle=args.shuffle,
-        )
-        table = result.table()
-        result.to_json(staging / "results.json")
-        result.to_csv(staging / "results.csv", per="epoch")
-        result.to_csv(staging / "runs.csv", per="run")
-        (staging / "table.md").write_text(table + "\n", encoding="utf-8")
-        result.plot(staging / "accuracy.png", metrics=("accuracy", "val_accuracy"))
-        result.plot(staging / "loss.png", metrics=("loss", "val_loss"))
-        if args.moving_stats:
-            arrays = result.moving_stats_arrays()
-            if arrays:
-                np.savez_compressed(staging / "moving_stats.npz", **arrays)
-        written = _publish(staging, out)
+            protocol, configs, range(args.first_seed, args.first_seed + args.seeds),
+            epochs=args.epochs, batch_size=args.batch_size, engine=args.engine,
+            shuffle=args.shuffle, progress=not args.no_progress,
+        )  # fmt: skip
+        table = _write(result, staging, args.moving_stats)
+        _publish(staging, out)
     finally:
-        shutil.rmtree(staging, ignore_errors=True)
+        with _signals_held():
+            shutil.rmtree(staging, ignore_errors=True)
     print(table)
     print(
-        f"\n{len(result.runs)} runs in {result.seconds:.1f} s. Wrote "
-        f"{', '.join(p.name for p in written)} to {out.expanduser()}",
+        f"\n{len(result.runs)} runs in {result.seconds:.1f} s (engine {result.engine}). "
+        f"Wrote {', '.join(sorted(p.name for p in out.iterdir()))} to {out}",
         file=sys.stderr,
     )
     return EXIT_OK
 
 
 def _run_summary(args: argparse.Namespace) -> int:
-    _quiet_tensorflow()
-    from keras_bn_tools.studies.circles import CONFIGS
-
-    for name in _expand_configs(args.configs):
-        config = CONFIGS[name]
-        print(f"{name}: {config.description}")
-        config.build().summary(print_fn=lambda line, *_, **__: print(line))
+    protocol = _builtin(args.protocol)
+    for name in _configs(protocol, args.configs) or list(protocol.configs):
+        print(f"{name}: {protocol.configs[name]}")
+        protocol.build(name).summary(print_fn=lambda line, *_, **__: print(line))
         print()
     return EXIT_OK
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line with `argv` (default `sys.argv[1:]`); return the exit status."""
-    parser = _build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = _build_parser(argv)
     try:
         args = parser.parse_args(argv)
     except SystemExit as exit_:  # --help, --version and argparse's usage errors
         return int(exit_.code) if isinstance(exit_.code, int) else EXIT_USAGE
+    where = f"{PROG} {args.command}"
     try:
-        return args.handler(args)
+        with _stop_on_signals():
+            return args.handler(args)
     except UsageError as error:
-        print(f"{PROG} {args.command}: error: {error}", file=sys.stderr)
+        print(f"{where}: error: {error}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
-        print(f"{PROG} {args.command}: interrupted; nothing was written", file=sys.stderr)
-        return EXIT_INTERRUPTED
-    except Exception as error:  # no traceback for people; set KERAS_BN_TOOLS_DEBUG=1 for one
+        print(f"{where}: interrupted; --out is as it was", file=sys.stderr)
+        return 128 + signal.SIGINT
+    except Stopped as stop:
+        print(f"{where}: stopped by signal {stop.signum}; --out is as it was", file=sys.stderr)
+        return 128 + stop.signum
+    except Exception as error:  # no traceback for people; KERAS_BN_TOOLS_DEBUG=1 shows one
         if os.environ.get("KERAS_BN_TOOLS_DEBUG"):
             raise
-        print(
-            f"{PROG} {args.command}: error: {type(error).__name__}: {error}",
-            file=sys.stderr,
-        )
+        print(f"{where}: error: {type(error).__name__}: {error}", file=sys.stderr)
         return EXIT_FAILURE
 
 

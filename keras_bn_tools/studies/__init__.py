@@ -1,12 +1,16 @@
 """Reproducible studies of batch normalization.
 
-- `keras_bn_tools.studies.circles`: the "circles" study (an MLP on
-  `sklearn.datasets.make_circles` without BN, with BN after and with BN before
-  the ReLU, and variants), over many seeds, with a compiled TensorFlow engine
-  that runs the whole protocol as one graph.
+A study trains each config of a `Protocol` once per seed and reports final
+accuracies, epochs to the protocol's target and learning curves:
 
-Submodules are imported lazily: `import keras_bn_tools.studies` does not
-import TensorFlow.
+- `Protocol` (`studies.protocol`): one experiment, and the data order a study feeds.
+- `PROTOCOLS`: the built-in ones, `"circles"`, `"digits"`, `"sequence"`.
+- `run_study(protocol, configs, seeds, ...)` (`studies.study`) -> `StudyResult`.
+- `RunResult`, `StudyResult` (`studies.results`).
+- `studies.engines`: `fit` (every backend) and `compiled` (TensorFlow, JAX).
+
+Everything is imported lazily: `import keras_bn_tools.studies` imports
+neither Keras nor TensorFlow.
 """
 
 from __future__ import annotations
@@ -14,21 +18,41 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-_LAZY_SUBMODULES = {"circles"}
+_LAZY_ATTRIBUTES = {
+    "Protocol": "keras_bn_tools.studies.protocol",
+    "training_orders": "keras_bn_tools.studies.protocol",
+    "PROTOCOLS": "keras_bn_tools.studies.study",
+    "run_study": "keras_bn_tools.studies.study",
+    "RunResult": "keras_bn_tools.studies.results",
+    "StudyResult": "keras_bn_tools.studies.results",
+}
+_LAZY_SUBMODULES = {"circles", "digits", "sequence", "engines", "protocol", "results", "study"}
 
-__all__ = sorted(_LAZY_SUBMODULES)
+__all__ = [
+    "PROTOCOLS",
+    "Protocol",
+    "RunResult",
+    "StudyResult",
+    "run_study",
+    "training_orders",
+]
 
 if TYPE_CHECKING:  # pragma: no cover
-    from keras_bn_tools.studies import circles  # noqa: F401
+    from keras_bn_tools.studies.protocol import Protocol, training_orders
+    from keras_bn_tools.studies.results import RunResult, StudyResult
+    from keras_bn_tools.studies.study import PROTOCOLS, run_study
 
 
 def __getattr__(name: str) -> Any:
-    if name not in _LAZY_SUBMODULES:
+    if name in _LAZY_ATTRIBUTES:
+        value = getattr(importlib.import_module(_LAZY_ATTRIBUTES[name]), name)
+    elif name in _LAZY_SUBMODULES:
+        value = importlib.import_module(f"keras_bn_tools.studies.{name}")
+    else:
         raise AttributeError(f"module 'keras_bn_tools.studies' has no attribute {name!r}")
-    value = importlib.import_module(f"keras_bn_tools.studies.{name}")
     globals()[name] = value
     return value
 
 
 def __dir__() -> list[str]:
-    return sorted(set(globals()) | _LAZY_SUBMODULES)
+    return sorted(set(globals()) | set(_LAZY_ATTRIBUTES) | _LAZY_SUBMODULES)

@@ -1,0 +1,218 @@
+"""The compiled engine on JAX: `jax.jit` + `lax.scan` + `jax.vmap` over seeds.
+
+One Keras model and optimizer are built per config and used only through
+their stateless APIs, `model.stateless_call` and `optimizer.stateless_apply`,
+so the whole run is a pure function of (initial variables, data order): a
+`lax.scan` over epochs around a `lax.scan` over the full batches (plus one
+step for a smaller last batch), compiled once and mapped with `jax.vmap` over
+a chunk of seeds. Each seed starts from its own fresh model (`fresh_model`,
+the weights `fit` starts from) and is fed the study's `training_orders`. A
+step is Keras's JAX training step: the loss plus the model's regularization
+losses, `jax.value_and_grad`, `optimizer.stateless_apply`; BN's moving
+statistics come back from `stateless_call` as updated non-trainable variables.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+import numpy as np
+
+from keras_bn_tools.studies.engines.common import (
+    FINAL_KEYS,
+    RunSettings,
+    StudyData,
+    Timer,
+    accuracy_fn,
+    fresh_model,
+    loss_fn,
+    nest_stats,
+    stat_variables,
+)
+from keras_bn_tools.studies.protocol import Protocol
+from keras_bn_tools.studies.results import METRICS, RunResult
+
+__all__ = ["NAME", "SEEDS_PER_CALL", "run", "run_seeds"]
+
+NAME = "compiled"
+#: Seeds trained together by one vmapped call (the last chunk is padded to this size
+#: when the study has more seeds, so that it reuses the compiled function).
+SEEDS_PER_CALL = 100
+
+
+class _Runner:
+    """One config's run as a pure JAX function, compiled once per chunk size."""
+
+    def __init__(self, protocol: Protocol, config: str, data: StudyData, settings: RunSettings):
+        import jax
+
+        self.protocol, self.config, self.data, self.settings = protocol, config, data, settings
+        self.model = protocol.build(config)
+        self.optimizer = protocol.optimizer()
+        self.optimizer.build(self.model.trainable_variables)
+        # Where each BN statistic lives: ("t", i) trainable or ("n", i) non-trainable.
+        where = {id(v): ("t", i) for i, v in enumerate(self.model.trainable_variables)}
+        where.update({id(v): ("n", i) for i, v in enumerate(self.model.non_trainable_variables)})
+        self._stat_places = [where[id(v)] for _, _, v in stat_variables(self.model)]
+        self._compiled: dict[int, Any] = {}
+        self._function = jax.jit(jax.vmap(self._make_run(), in_axes=(0, 0, 0, 0, None)))
+
+    def _make_run(self):
+        import jax
+        import jax.numpy as jnp
+
+        model, optimizer, places = self.model, self.optimizer, self._stat_places
+        loss, correct = loss_fn(self.protocol), accuracy_fn(self.data.accuracy)
+        rows = self.data.rows
+        batch_size = min(self.settings.batch_size, rows)
+        full_batches, remainder = divmod(rows, batch_size)
+
+        def total_loss(y, y_pred, extra):
+            return loss(y, y_pred) + (sum(extra) if extra else 0.0)
+
+        def forward(trainable, non_trainable, xb, yb):
+            y_pred, non_trainable, extra = model.stateless_call(
+                trainable, non_trainable, xb, training=True, return_losses=True
+            )
+            return total_loss(yb, y_pred, extra), (non_trainable, y_pred)
+
+        grad_fn = jax.value_and_grad(forward, has_aux=True)
+
+        def step(state, batch_rows, data):
+            trainable, non_trainable, opt_vars = state
+            x, y = data[0][batch_rows], data[1][batch_rows]
+            (batch_loss, (non_trainable, y_pred)), grads = grad_fn(trainable, non_trainable, x, y)
+            trainable, opt_vars = optimizer.stateless_apply(opt_vars, grads, trainable)
+            size = batch_rows.shape[0]
+            return (trainable, non_trainable, opt_vars), (batch_loss * size, correct(y, y_pred))
+
+        def evaluate(trainable, non_trainable, x, y):
+            y_pred, _, extra = model.stateless_call(
+                trainable, non_trainable, x, training=False, return_losses=True
+            )
+            return total_loss(y, y_pred, extra), correct(y, y_pred) / x.shape[0]
+
+        def run(trainable, non_trainable, opt_vars, orders, data):
+            def epoch(state, order):
+                batches = order[: full_batches * batch_size].reshape(full_batches, batch_size)
+                state, (losses, rights) = jax.lax.scan(
+                    lambda s, b: step(s, b, data), state, batches
+                )
+                loss_sum, right = jnp.sum(losses), jnp.sum(rights)
+                if remainder:  # the smaller last batch, with its own static shape
+                    state, (last_loss, last_right) = step(
+                        state, order[full_batches * batch_size :], data
+                    )
+                    loss_sum, right = loss_sum + last_loss, right + last_right
+                val = evaluate(state[0], state[1], data[2], data[3])
+                snapshot = [state[0 if kind == "t" else 1][i] for kind, i in places]
+                return state, ((loss_sum / rows, right / rows, *val), snapshot)
+
+            state, (curves, snapshots) = jax.lax.scan(
+                epoch, (trainable, non_trainable, opt_vars), orders
+            )
+            final = (*evaluate(state[0], state[1], data[0], data[1]),
+                     *evaluate(state[0], state[1], data[2], data[3]))  # fmt: skip
+            return curves, final, snapshots, state[0], state[1]
+
+        return run
+
+    def _initial(self, seeds: list[int]):
+        """Stacked initial variables of `seeds` (leading axis: seed) and their fresh models."""
+        import jax.numpy as jnp
+
+        fresh = [fresh_model(self.protocol, self.config, s) for s in seeds]
+        shapes = [tuple(v.shape) for v in self.model.variables]
+        for model in fresh:
+            if [tuple(v.shape) for v in model.variables] != shapes:
+                raise ValueError(
+                    f"Protocol {self.protocol.name!r}: `build({self.config!r})` returned "
+                    f"models with different variables from one call to the next; the "
+                    f"compiled engine needs one architecture per config (use engine='fit')."
+                )
+
+        def stack(get):
+            return [jnp.stack(column) for column in zip(*(get(m) for m in fresh), strict=True)]
+
+        trainable = stack(lambda m: [v.value for v in m.trainable_variables])
+        non_trainable = stack(lambda m: [v.value for v in m.non_trainable_variables])
+        opt_vars = [
+            jnp.broadcast_to(v.value, (len(seeds), *v.shape)) for v in self.optimizer.variables
+        ]
+        orders = jnp.asarray(np.stack([self.settings.orders(s, self.data.rows) for s in seeds]))
+        return (trainable, non_trainable, opt_vars, orders), fresh
+
+    def run_chunk(self, seeds: list[int], pad_to: int) -> list[RunResult]:
+        timer = Timer()
+        padded = seeds + [seeds[-1]] * (pad_to - len(seeds))
+        args, fresh = self._initial(padded)
+        data = tuple(np.asarray(a) for a in (self.data.train_x, self.data.train_y,
+                                               self.data.test_x, self.data.test_y))  # fmt: skip
+        compile_seconds = 0.0
+        if pad_to not in self._compiled:
+            compile_timer = Timer()
+            self._compiled[pad_to] = self._function.lower(*args, data).compile()
+            compile_seconds = compile_timer.seconds
+        curves, final, snapshots, trainable, non_trainable = self._compiled[pad_to](*args, data)
+        curves = [np.asarray(c) for c in curves]
+        final = [np.asarray(f) for f in final]
+        snapshots = [np.asarray(s) for s in snapshots]
+        trainable = [np.asarray(v) for v in trainable]
+        non_trainable = [np.asarray(v) for v in non_trainable]
+        share = timer.seconds / len(seeds)
+        results = []
+        for k, seed in enumerate(seeds):
+            keys = [(key, stat) for key, stat, _ in stat_variables(fresh[k])]
+            final_k = [float(f[k]) for f in final]
+            results.append(
+                RunResult(
+                    config=self.config,
+                    seed=int(seed),
+                    history={
+                        m: c[k].astype("float32") for m, c in zip(METRICS, curves, strict=True)
+                    },
+                    final=dict(zip(FINAL_KEYS, final_k, strict=True)),
+                    target=self.protocol.target,
+                    moving_stats=nest_stats(keys, [s[k] for s in snapshots]),
+                    seconds=share,
+                    compile_seconds=compile_seconds / len(seeds),
+                    engine=NAME,
+                    weights=self._weights(fresh[k], trainable, non_trainable, k),
+                )
+            )
+        return results
+
+    def _weights(self, model, trainable, non_trainable, k) -> list[np.ndarray]:
+        """`model.get_weights()` order (the model's `weights`) from the run's final state."""
+        by_id = {id(v): trainable[i][k] for i, v in enumerate(model.trainable_variables)}
+        by_id.update(
+            {id(v): non_trainable[i][k] for i, v in enumerate(model.non_trainable_variables)}
+        )
+        return [by_id[id(w)] for w in model.weights]
+
+
+def run_seeds(
+    protocol: Protocol,
+    config: str,
+    seeds: Iterable[int],
+    *,
+    data: StudyData,
+    settings: RunSettings,
+    seeds_per_call: int = SEEDS_PER_CALL,
+) -> Iterator[RunResult]:
+    """Every seed's run, `seeds_per_call` seeds per compiled, vmapped call."""
+    runner = _Runner(protocol, config, data, settings)
+    iterator = iter(seeds)
+    chunk = list(itertools.islice(iterator, seeds_per_call))
+    size = len(chunk)  # the compiled size: the first chunk's
+    while chunk:
+        yield from runner.run_chunk(chunk, pad_to=size)
+        chunk = list(itertools.islice(iterator, seeds_per_call))
+
+
+def run(protocol: Protocol, config: str, seed: int, *, data: StudyData,
+        settings: RunSettings) -> RunResult:  # fmt: skip
+    """One run (compiled for one seed)."""
+    return next(run_seeds(protocol, config, [seed], data=data, settings=settings))

@@ -1,0 +1,202 @@
+"""The compiled engine on TensorFlow: each run is one `tf.function` (XLA when it helps).
+
+The graph closes over one Keras model and one Keras optimizer built once per
+config. For each seed the engine builds the seed's fresh model (the weights
+`fit` starts from), copies its variables in, resets the optimizer's variables
+and calls the graph with the seed's `training_orders`: no retracing, no Python
+per step or per epoch. A step is Keras's own training step: a training-mode
+forward pass (BN updates its moving statistics itself), the loss plus the
+model's regularization losses, the gradients and `optimizer.apply`. Per epoch
+it sums the batch losses times the batch sizes and the correct predictions
+(`fit`'s running averages), evaluates the test set in inference mode and
+snapshots every BN statistic.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+import numpy as np
+
+from keras_bn_tools.studies.engines.common import (
+    FINAL_KEYS,
+    RunSettings,
+    StudyData,
+    Timer,
+    accuracy_fn,
+    fresh_model,
+    loss_fn,
+    nest_stats,
+    stat_variables,
+)
+from keras_bn_tools.studies.protocol import Protocol
+from keras_bn_tools.studies.results import METRICS, RunResult
+
+__all__ = ["NAME", "run", "run_seeds"]
+
+NAME = "compiled"
+
+
+class _Runner:
+    """One config's run as a traced graph, reused for every seed."""
+
+    def __init__(self, protocol: Protocol, config: str, data: StudyData, settings: RunSettings,
+                 jit_compile: bool):  # fmt: skip
+        import tensorflow as tf
+
+        self.protocol, self.config, self.data = protocol, config, data
+        self.model = protocol.build(config)
+        self.optimizer = protocol.optimizer()
+        self.optimizer.build(self.model.trainable_variables)
+        self._optimizer_init = [np.array(v.numpy()) for v in self.optimizer.variables]
+        self._stats = stat_variables(self.model)
+        self.jit_compile = jit_compile
+        self._tensors = [
+            tf.constant(a) for a in (data.train_x, data.train_y, data.test_x, data.test_y)
+        ]
+        self._python_run = self._make_run(settings)
+        self._function = tf.function(self._python_run, jit_compile=jit_compile, autograph=False)
+
+    def _make_run(self, settings: RunSettings):
+        import tensorflow as tf
+
+        model, optimizer = self.model, self.optimizer
+        loss, correct = loss_fn(self.protocol), accuracy_fn(self.data.accuracy)
+        trainable, stats = model.trainable_variables, self._stats
+        rows = self.data.rows
+        batch_size = min(settings.batch_size, rows)
+        full_batches, remainder = divmod(rows, batch_size)
+
+        def total_loss(y, y_pred):
+            extra = model.losses
+            return loss(y, y_pred) + (tf.add_n(extra) if extra else 0.0)
+
+        def step(x, y, order, begin, size):
+            rows_b = tf.slice(order, [begin], [size])  # static shape (size,) for XLA
+            xb, yb = tf.gather(x, rows_b), tf.gather(y, rows_b)
+            with tf.GradientTape() as tape:
+                y_pred = model(xb, training=True)
+                batch_loss = total_loss(yb, y_pred)
+            optimizer.apply(tape.gradient(batch_loss, trainable), trainable)
+            return batch_loss * float(size), correct(yb, y_pred)
+
+        def evaluate(x, y):
+            y_pred = model(x, training=False)
+            return total_loss(y, y_pred), correct(y, y_pred) / float(len_of(x))
+
+        def len_of(x):
+            return int(x.shape[0])
+
+        def run(x, y, test_x, test_y, orders):
+            def epoch_body(epoch, arrays, snapshots):
+                order = orders[epoch]
+
+                def batch_body(b, loss_sum, right):
+                    batch_loss, batch_right = step(x, y, order, b * batch_size, batch_size)
+                    return b + 1, loss_sum + batch_loss, right + batch_right
+
+                _, loss_sum, right = tf.while_loop(
+                    lambda b, *_: b < full_batches, batch_body, (0, 0.0, 0.0)
+                )
+                if remainder:  # the smaller last batch, with its own static shape
+                    batch_loss, batch_right = step(
+                        x, y, order, full_batches * batch_size, remainder
+                    )
+                    loss_sum, right = loss_sum + batch_loss, right + batch_right
+                val_loss, val_accuracy = evaluate(test_x, test_y)
+                values = (loss_sum / rows, right / rows, val_loss, val_accuracy)
+                arrays = tuple(a.write(epoch, v) for a, v in zip(arrays, values, strict=True))
+                snapshots = tuple(
+                    s.write(epoch, tf.convert_to_tensor(variable))
+                    for s, (_, _, variable) in zip(snapshots, stats, strict=True)
+                )
+                return epoch + 1, arrays, snapshots
+
+            arrays = tuple(tf.TensorArray(tf.float32, size=settings.epochs) for _ in METRICS)
+            snapshots = tuple(
+                tf.TensorArray(v.dtype, size=settings.epochs, element_shape=v.shape)
+                for _, _, v in stats
+            )
+            _, arrays, snapshots = tf.while_loop(
+                lambda epoch, *_: epoch < settings.epochs, epoch_body, (0, arrays, snapshots)
+            )
+            final = (*evaluate(x, y), *evaluate(test_x, test_y))
+            return [a.stack() for a in arrays], final, [s.stack() for s in snapshots]
+
+        return run
+
+    def _reset(self, seed: int) -> Any:
+        """Load the seed's initial weights and a fresh optimizer state; return the fresh model."""
+        fresh = fresh_model(self.protocol, self.config, seed)
+        targets, sources = self.model.variables, fresh.variables
+        if [tuple(v.shape) for v in targets] != [tuple(v.shape) for v in sources]:
+            raise ValueError(
+                f"Protocol {self.protocol.name!r}: `build({self.config!r})` returned models "
+                f"with different variables from one call to the next; the compiled engine "
+                f"needs one architecture per config (use engine='fit')."
+            )
+        for target, source in zip(targets, sources, strict=True):
+            target.assign(source.value)
+        for variable, value in zip(self.optimizer.variables, self._optimizer_init, strict=True):
+            variable.assign(value)
+        return fresh
+
+    def run(self, seed: int, settings: RunSettings) -> RunResult:
+        import tensorflow as tf
+
+        timer = Timer()
+        fresh = self._reset(seed)
+        orders = tf.constant(settings.orders(seed, self.data.rows))
+        try:
+            arrays, final, snapshots = self._function(*self._tensors, orders)
+        except (tf.errors.InvalidArgumentError, tf.errors.UnimplementedError) as error:
+            if not self.jit_compile:
+                raise
+            warnings.warn(
+                f"XLA could not compile the study's graph for config {self.config!r} "
+                f"({type(error).__name__}: {str(error)[:300]}); running it as a plain "
+                f"TensorFlow graph instead.",
+                RuntimeWarning,
+                stacklevel=3,
+            )
+            self.jit_compile = False
+            self._function = tf.function(self._python_run, autograph=False)
+            self._reset(seed)
+            arrays, final, snapshots = self._function(*self._tensors, orders)
+        final = [float(v) for v in final]
+        keys = [(key, stat) for key, stat, _ in stat_variables(fresh)]
+        return RunResult(
+            config=self.config,
+            seed=int(seed),
+            history={m: a.numpy().astype("float32") for m, a in zip(METRICS, arrays, strict=True)},
+            final=dict(zip(FINAL_KEYS, final, strict=True)),
+            target=self.protocol.target,
+            moving_stats=nest_stats(keys, [s.numpy() for s in snapshots]),
+            seconds=timer.seconds,
+            engine=NAME,
+            weights=self.model.get_weights(),
+        )
+
+
+def run_seeds(
+    protocol: Protocol,
+    config: str,
+    seeds: Iterable[int],
+    *,
+    data: StudyData,
+    settings: RunSettings,
+    jit_compile: bool = True,
+) -> Iterator[RunResult]:
+    """Every seed's run through one traced graph (the first run pays for tracing/XLA)."""
+    runner = _Runner(protocol, config, data, settings, jit_compile)
+    for seed in seeds:
+        yield runner.run(seed, settings)
+
+
+def run(protocol: Protocol, config: str, seed: int, *, data: StudyData, settings: RunSettings,
+        jit_compile: bool = False) -> RunResult:  # fmt: skip
+    """One run (a graph traced for it alone)."""
+    return next(run_seeds(protocol, config, [seed], data=data, settings=settings,
+                          jit_compile=jit_compile))  # fmt: skip
