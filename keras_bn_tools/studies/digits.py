@@ -14,9 +14,12 @@ max-pooling, then `Flatten` and a 10-way softmax:
     Conv2D(16) -> MaxPool -> Conv2D(32) -> MaxPool -> Flatten -> Dense(10, softmax)
 
 with BN at each convolution as the config says. Training: SGD(learning rate
-0.01, momentum 0.9), sparse categorical cross-entropy, batches of 32,
-`EPOCHS` epochs. "Epochs to target" counts the epochs until the test accuracy
-(inference mode, after the epoch) first reaches `TARGET` (0.95).
+0.03, momentum 0.9), sparse categorical cross-entropy, batches of 64 (23
+updates per epoch), 20 epochs. "Epochs to target" counts the epochs until the
+test accuracy (inference mode, after the epoch) first reaches `TARGET` = 0.97.
+The target was chosen from the measured curves (10 seeds): every config
+levels off between 0.98 and 0.99, every run reaches 0.97 within 20 epochs,
+and at 0.97 the configs differ most.
 
 Example:
     >>> from keras_bn_tools.studies.digits import PROTOCOL, load_digits_split
@@ -55,12 +58,12 @@ __all__ = [
 TEST_EVERY = 5
 #: Filters of the two convolutions; each is followed by a 2x2 max-pooling.
 FILTERS = (16, 32)
-EPOCHS = 30
-BATCH_SIZE = 32
-LEARNING_RATE = 0.01
+EPOCHS = 20
+BATCH_SIZE = 64
+LEARNING_RATE = 0.03
 SGD_MOMENTUM = 0.9
 #: The test accuracy whose first crossing "epochs to target" reports.
-TARGET = 0.95
+TARGET = 0.97
 
 
 def load_digits_split() -> Data:

@@ -17,10 +17,19 @@ Models (`build_lstm` with 16 units and a sigmoid output):
   placement)
 - `bn-before`: `BatchNormLSTM(16) -> Dense(1, sigmoid)`: recurrent batch
   normalization inside the cell at every time step (Cooijmans et al., 2016).
+- `bn-before-momentum0.9` (not run by default): `bn-before` whose per-step
+  moving statistics use momentum 0.9 instead of 0.99, which tells how much of
+  `bn-before`'s lag is its moving statistics.
 
 Training: Adam(learning rate 0.003), binary cross-entropy, batches of 32,
-`EPOCHS` epochs. "Epochs to target" counts the epochs until the test accuracy
-(inference mode, after the epoch) first reaches `TARGET`.
+20 epochs. "Epochs to target" counts the epochs until the test accuracy
+(inference mode, after the epoch) first reaches `TARGET` = 0.89.
+
+No model can be right on every sequence: the label is the sign of the clean
+sum, the model sees the noisy one, and the two agree on only
+`1 - arccos(sqrt(20 / 21.8)) / pi` = 90.8% of sequences. The measured curves
+(10 seeds) level off at 0.89-0.90; the target sits one point under that
+ceiling, where the seeds' noise no longer decides the crossing.
 
 Example:
     >>> from keras_bn_tools.studies.sequence import PROTOCOL, load_sequences
@@ -66,7 +75,7 @@ EPOCHS = 20
 BATCH_SIZE = 32
 LEARNING_RATE = 3e-3
 #: The test accuracy whose first crossing "epochs to target" reports.
-TARGET = 0.90
+TARGET = 0.89
 
 #: Config name -> (BN placement for `build_lstm`, description).
 _PLACEMENTS = {
@@ -75,6 +84,10 @@ _PLACEMENTS = {
     "bn-before": (
         "before",
         "recurrent BN inside the cell: BatchNormLSTM(16) -> Dense(1, sigmoid)",
+    ),
+    "bn-before-momentum0.9": (
+        "before",
+        "bn-before with momentum 0.9 for the per-step moving statistics (0.99 by default)",
     ),
 }
 #: Every config of the protocol: name -> one-line description.
@@ -136,6 +149,19 @@ def build_model(config: str):
     if config not in _PLACEMENTS:
         raise ValueError(
             f"Unknown sequence config {config!r}. Valid names: {', '.join(_PLACEMENTS)}."
+        )
+    if config == "bn-before-momentum0.9":
+        # `build_lstm` makes `BatchNormLSTM` with its default momentum: build the same
+        # model by hand with another one.
+        from keras_bn_tools.layers import BatchNormLSTM
+
+        return keras.Sequential(
+            [
+                keras.Input((TIMESTEPS, FEATURES)),
+                BatchNormLSTM(UNITS, momentum=0.9),
+                keras.layers.Dense(1, activation="sigmoid"),
+            ],
+            name=config,
         )
     return build_lstm(
         (TIMESTEPS, FEATURES),

@@ -77,7 +77,7 @@ def test_make_sequences_shapes_and_determinism(n, seed):
 
 def test_protocol_describes_the_study():
     assert isinstance(PROTOCOL, Protocol) and PROTOCOL.name == "sequence"
-    assert list(PROTOCOL.configs) == ["baseline", "bn-after", "bn-before"]
+    assert list(PROTOCOL.configs) == ["baseline", "bn-after", "bn-before", "bn-before-momentum0.9"]
     assert tuple(PROTOCOL.default_configs) == ("baseline", "bn-after", "bn-before")
     assert PROTOCOL.load_data is load_sequences
     assert PROTOCOL.loss == "binary_crossentropy"
@@ -102,7 +102,9 @@ def test_every_config_builds_an_uncompiled_lstm_with_bn_where_it_says(name):
     assert tuple(model.output_shape) == (None, 1)
     recurrent = model.layers[0]
     assert isinstance(recurrent, keras.layers.RNN) and recurrent.cell.units == sequence.UNITS
-    assert isinstance(recurrent, BatchNormLSTM) == (name == "bn-before")
+    assert isinstance(recurrent, BatchNormLSTM) == name.startswith("bn-before")
+    if isinstance(recurrent, BatchNormLSTM):
+        assert recurrent.cell.momentum == (0.9 if name.endswith("momentum0.9") else 0.99)
     bn_names = [layer.name for layer in batchnorm_layers(model)]
     assert bn_names == (["batch_normalization"] if name == "bn-after" else [])
     if name == "bn-after":  # LSTM -> BN -> Dense
