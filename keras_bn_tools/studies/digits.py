@@ -58,6 +58,8 @@ __all__ = [
 TEST_EVERY = 5
 #: Filters of the two convolutions; each is followed by a 2x2 max-pooling.
 FILTERS = (16, 32)
+#: A 2x2 max-pooling after every `POOL_EVERY` convolutions.
+POOL_EVERY = 1
 EPOCHS = 20
 BATCH_SIZE = 64
 LEARNING_RATE = 0.03
@@ -135,11 +137,12 @@ class DigitsConfig:
             FILTERS,
             kernel_size=3,
             bn=self.bn,
-            pool_every=1,
+            pool_every=POOL_EVERY,
             output_units=10,
             output_activation="softmax",
             bn_layer=make_bn,
-            name=self.name,
+            # PyTorch's parameter names cannot contain dots (`momentum0.9`).
+            name=self.name.replace(".", "_"),
         )
 
 

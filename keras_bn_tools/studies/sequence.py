@@ -150,6 +150,7 @@ def build_model(config: str):
         raise ValueError(
             f"Unknown sequence config {config!r}. Valid names: {', '.join(_PLACEMENTS)}."
         )
+    name = config.replace(".", "_")  # PyTorch's parameter names cannot contain dots
     if config == "bn-before-momentum0.9":
         # `build_lstm` makes `BatchNormLSTM` with its default momentum: build the same
         # model by hand with another one.
@@ -161,14 +162,14 @@ def build_model(config: str):
                 BatchNormLSTM(UNITS, momentum=0.9),
                 keras.layers.Dense(1, activation="sigmoid"),
             ],
-            name=config,
+            name=name,
         )
     return build_lstm(
         (TIMESTEPS, FEATURES),
         (UNITS,),
         bn=_PLACEMENTS[config][0],
         bn_layer=lambda: keras.layers.BatchNormalization(name="batch_normalization"),
-        name=config,
+        name=name,
     )
 
 
