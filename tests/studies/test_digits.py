@@ -134,3 +134,35 @@ def test_a_momentum_variant_uses_momentum_batch_normalization():
         layers = batchnorm_layers(PROTOCOL.build(name))
         assert layers and all(isinstance(layer, MomentumBatchNormalization) for layer in layers)
         assert all(layer.momentum == CONFIGS[name].bn_kwargs["momentum"] for layer in layers)
+
+
+@pytest.mark.skipif(
+    keras.backend.backend() not in ("tensorflow", "jax"),
+    reason=f"no compiled engine on {keras.backend.backend()}; the fit engine runs it there",
+)
+def test_the_engines_agree_run_for_run():
+    from keras_bn_tools.studies import run_study
+
+    runs = [
+        run_study(PROTOCOL, ["bn-before-momentum0.9"], seeds=[3], epochs=2, engine=engine).runs[0]
+        for engine in ("fit", "compiled")
+    ]
+    assert [run.engine for run in runs] == ["fit", "compiled"]
+    fit, compiled = runs
+    for metric in ("loss", "val_loss"):
+        np.testing.assert_allclose(fit.history[metric], compiled.history[metric], rtol=1e-3)
+    for metric in ("accuracy", "val_accuracy"):  # a row or two may flip at round-off
+        np.testing.assert_allclose(fit.history[metric], compiled.history[metric], atol=2 / 359)
+    assert (
+        set(fit.moving_stats)
+        == set(compiled.moving_stats)
+        == {
+            "momentum_batch_normalization",
+            "momentum_batch_normalization_1",
+        }
+    )
+    for layer, stats in fit.moving_stats.items():
+        for stat, values in stats.items():
+            np.testing.assert_allclose(
+                values, compiled.moving_stats[layer][stat], rtol=1e-3, atol=1e-4
+            )

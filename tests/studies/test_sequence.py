@@ -130,3 +130,30 @@ def test_a_training_step_lowers_the_loss(name, data):
     assert np.all(np.isfinite(losses)) and losses[-1] < losses[0]
     predictions = keras.ops.convert_to_numpy(model(x[:8], training=False))
     assert predictions.shape == (8, 1) and np.all((predictions > 0) & (predictions < 1))
+
+
+@pytest.mark.skipif(
+    keras.backend.backend() not in ("tensorflow", "jax"),
+    reason=f"no compiled engine on {keras.backend.backend()}; the fit engine runs it there",
+)
+@pytest.mark.parametrize("name", ["bn-after", "bn-before"])
+def test_the_engines_agree_run_for_run(name):
+    from keras_bn_tools.studies import run_study
+
+    runs = [
+        run_study(PROTOCOL, [name], seeds=[5], epochs=2, engine=engine).runs[0]
+        for engine in ("fit", "compiled")
+    ]
+    assert [run.engine for run in runs] == ["fit", "compiled"]
+    fit, compiled = runs
+    for metric in ("loss", "val_loss"):
+        np.testing.assert_allclose(fit.history[metric], compiled.history[metric], rtol=1e-3)
+    for metric in ("accuracy", "val_accuracy"):  # a row or two may flip at round-off
+        np.testing.assert_allclose(fit.history[metric], compiled.history[metric], atol=2 / 1000)
+    assert set(fit.moving_stats) == set(compiled.moving_stats)
+    for layer, stats in fit.moving_stats.items():
+        for stat, values in stats.items():
+            np.testing.assert_allclose(
+                values, compiled.moving_stats[layer][stat], rtol=1e-3, atol=1e-4
+            )
+    np.testing.assert_allclose(fit.final_test_accuracy, compiled.final_test_accuracy, atol=2e-3)
