@@ -29,13 +29,16 @@ def is_cli_process(argv: list[str] | None = None, orig_argv: list[str] | None = 
         return True
     # `python -m keras_bn_tools`: runpy imports the package while sys.argv[0] is "-m";
     # the interpreter's own command line says which module that is.
-    for i, arg in enumerate(orig_argv):
+    args = iter(orig_argv[1:])
+    for arg in args:
         if arg == "-m":
-            return i + 1 < len(orig_argv) and orig_argv[i + 1] in _MODULE_NAMES
-        if arg.startswith("-m") and len(arg) > 2:
+            return next(args, None) in _MODULE_NAMES
+        if arg.startswith("-m"):
             return arg[2:] in _MODULE_NAMES
-        if arg == "-c" or (i > 0 and not arg.startswith("-")):
-            return False  # a script or -c code runs: the options after it are its own
+        if arg in ("-X", "-W", "--check-hash-based-pycs"):
+            next(args, None)  # the option's value
+        elif arg.startswith("-c") or not arg.startswith("-"):
+            return False  # -c code or a script runs: the options after it are its own
     return False
 
 

@@ -105,11 +105,9 @@ def check_seeds(name: str, seeds: Any) -> Sequence[int]:
     read into a tuple.
     """
     if isinstance(seeds, range):
-        if seeds.step < 0:
-            seeds = seeds[::-1]
         if len(seeds) == 0:
             raise ValueError(f"`{name}` must hold at least one seed, got {seeds!r}.")
-        if seeds[0] < 0 or seeds[-1] > MAX_SEED:
+        if min(seeds[0], seeds[-1]) < 0 or max(seeds[0], seeds[-1]) > MAX_SEED:
             raise ValueError(
                 f"`{name}` must hold integers in [0, {MAX_SEED}] (2**32 - 1), got {seeds!r}."
             )

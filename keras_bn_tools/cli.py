@@ -245,8 +245,17 @@ def _check_engine(engine: str) -> None:
 def _check_out(out: Path, overwrite: bool) -> Path:
     """Refuse an `--out` that cannot be written or would mix two studies; return the
     existing directory where the staging directory goes (next to `--out`)."""
+    try:
+        return _usable_out(out, overwrite)
+    except (OSError, ValueError) as error:  # a NUL byte, a name too long, no permission
+        raise UsageError(f"--out {str(out)!r}: {error}") from None
+
+
+def _usable_out(out: Path, overwrite: bool) -> Path:
     if str(out) in ("", "."):
         raise UsageError("--out: give a directory name (not '' or the current directory)")
+    if "\0" in str(out):
+        raise ValueError("a path cannot hold a NUL character")
     out = out.expanduser().absolute()
     if out.exists() and not out.is_dir():
         raise UsageError(f"--out {str(out)!r} exists and is not a directory")

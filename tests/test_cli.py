@@ -1,38 +1,58 @@
-"""The `keras-bn-tools` command line."""
+"""The `keras-bn-tools` command line (also `python -m keras_bn_tools`)."""
 
 from __future__ import annotations
 
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 
 from keras_bn_tools import cli
+from keras_bn_tools._cli_startup import is_cli_process
 
 ROOT = Path(__file__).resolve().parents[1]
+QUICK = ["--configs", "baseline", "--seeds", "1", "--epochs", "1", "--no-progress"]
 
 
 def _listing(path: Path) -> list[str]:
     return sorted(str(p.relative_to(path)) for p in path.rglob("*"))
 
 
+def _env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")])
+    return {**env, "MPLBACKEND": "Agg", **extra}
+
+
+def _earlier_study(out: Path) -> dict[str, bytes]:
+    """An `--out` holding an earlier study (with a stale extra file); its bytes."""
+    out.mkdir(parents=True)
+    (out / "results.json").write_text('{"engine": "earlier"}')
+    (out / "moving_stats.npz").write_bytes(b"stale")
+    return {p.name: p.read_bytes() for p in out.iterdir()}
+
+
 # --------------------------------------------------------------------------- help
 
 
 @pytest.mark.backend_agnostic
-def test_help(capsys):
+def test_help_lists_every_protocol_and_option(capsys):
     assert cli.main(["--help"]) == 0
     out = capsys.readouterr().out
-    assert "circles" in out and "summary" in out
+    for command in ("circles", "digits", "sequence", "study", "summary"):
+        assert command in out
     assert cli.main(["circles", "--help"]) == 0
     out = capsys.readouterr().out
-    for option in ("--configs", "--seeds", "--epochs", "--engine", "--out", "--batch-size"):
+    for option in ("--configs", "--seeds", "--first-seed", "--epochs", "--batch-size",
+                   "--engine", "--shuffle", "--out", "--overwrite"):  # fmt: skip
         assert option in out
-    assert "bn-after-no-affine" in out  # the configs are listed
+    assert "bn-after-no-affine" in out  # the protocol's configs are listed
 
 
 @pytest.mark.backend_agnostic
@@ -44,29 +64,15 @@ def test_version(capsys):
 
 
 @pytest.mark.backend_agnostic
-def test_help_runs_as_a_module_without_tensorflow():
+def test_help_does_not_import_tensorflow():
     code = (
-        "import sys\n"
-        "from keras_bn_tools.cli import main\n"
-        "status = main(['circles', '--help'])\n"
-        "assert 'tensorflow' not in sys.modules, 'help imported TensorFlow'\n"
-        "sys.exit(status)\n"
+        "import sys\nfrom keras_bn_tools.cli import main\nstatus = main(['circles', '--help'])\n"
+        "assert 'tensorflow' not in sys.modules, 'help imported TensorFlow'\nsys.exit(status)\n"
     )
-    result = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False
-    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            timeout=120, check=False, env=_env())  # fmt: skip
     assert result.returncode == 0, result.stderr
     assert "--configs" in result.stdout
-
-
-def test_console_script():
-    script = shutil.which("keras-bn-tools")
-    if script is None:
-        pytest.skip("the package is not installed (pip install -e .)")
-    result = subprocess.run(
-        [script, "circles", "--help"], capture_output=True, text=True, timeout=120, check=False
-    )
-    assert result.returncode == 0 and "--engine" in result.stdout
 
 
 # --------------------------------------------------------------------------- bad input
@@ -76,63 +82,66 @@ def test_console_script():
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
-        (["circles", "--configs", "nope"], "invalid choice: 'nope'"),
-        (["circles", "--configs"], "expected at least one argument"),
-        (["circles", "--seeds", "0"], "--seeds: expected a positive integer"),
-        (["circles", "--seeds", "-3"], "--seeds"),
-        (["circles", "--seeds", "ten"], "--seeds: expected a positive integer, got 'ten'"),
-        (["circles", "--epochs", "0"], "--epochs: expected a positive integer"),
-        (["circles", "--batch-size", "0"], "--batch-size"),
-        (["circles", "--engine", "eager"], "invalid choice: 'eager'"),
+        (["circles", "--configs", "nope"], "--configs: unknown circles config(s) 'nope'"),
+        (["circles", "--configs"], "--configs: expected at least one argument"),
+        (["circles", "--seeds", "0"], "--seeds: expected an integer >= 1"),
+        (["circles", "--seeds", "ten"], "--seeds: expected an integer, got 'ten'"),
+        (["circles", "--seeds", "1000000000000"], "--seeds: expected an integer >= 1 and <="),
         (["circles", "--first-seed", "-1"], "--first-seed"),
+        (["circles", "--first-seed", "4294967296"], "--first-seed: expected an integer >= 0"),
+        (["circles", "--first-seed", "4294967290", "--seeds", "10"], "--seeds/--first-seed"),
+        (["circles", "--epochs", "0"], "--epochs"),
+        (["circles", "--batch-size", "-2"], "--batch-size"),
+        (["circles", "--engine", "eager"], "--engine: invalid choice: 'eager'"),
+        (["circles", "--shuffle", "always"], "--shuffle: invalid choice"),
+        (["circles", "--out", ""], "--out: give a directory name"),
+        (["study"], "MODULE:ATTR"),
+        (["study", "no_such_module_here:P"], "MODULE:ATTR: cannot import 'no_such_module_here'"),
+        (["study", "os:path"], "must name a keras_bn_tools.studies.Protocol"),
+        (["study", "os"], "MODULE:ATTR: expected e.g. my_study:PROTOCOL"),
         (["frobnicate"], "invalid choice"),
         ([], "required"),
     ],
 )
-def test_bad_arguments_exit_2(argv, message, capsys, tmp_path, monkeypatch):
+def test_bad_options_exit_2_naming_the_option(argv, message, capsys, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     assert cli.main(argv) == 2
     err = capsys.readouterr().err
-    assert message in err
-    assert "Traceback" not in err
+    assert message in err and "Traceback" not in err
     assert _listing(tmp_path) == []  # nothing written
 
 
 @pytest.mark.backend_agnostic
-def test_out_is_a_file(capsys, tmp_path):
-    target = tmp_path / "results.txt"
-    target.write_text("keep me")
-    assert cli.main(["circles", "--epochs", "1", "--seeds", "1", "--out", str(target)]) == 2
+@pytest.mark.parametrize("where", ["file", "below-file", "foreign-dir", "earlier-study"])
+def test_unusable_out_exits_2_and_is_left_alone(where, capsys, tmp_path):
+    (tmp_path / "file").write_text("keep me")
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("mine")
+    places = {"file": tmp_path / "file", "below-file": tmp_path / "file" / "sub",
+              "foreign-dir": tmp_path / "mine", "earlier-study": tmp_path / "results"}  # fmt: skip
+    out = places[where]
+    if where == "earlier-study":
+        _earlier_study(out)
+    listing = _listing(tmp_path)
+    assert cli.main(["circles", *QUICK, "--out", str(out)]) == 2
     err = capsys.readouterr().err
-    assert "exists and is not a directory" in err and "Traceback" not in err
-    assert target.read_text() == "keep me"
-    assert _listing(tmp_path) == ["results.txt"]
+    messages = {"file": "exists and is not a directory", "below-file": "is not a directory",
+                "foreign-dir": "holds other files", "earlier-study": "--overwrite"}  # fmt: skip
+    expected = messages[where]
+    assert f"--out {str(out)!r}" in err and expected in err and "Traceback" not in err
+    assert _listing(tmp_path) == listing
 
 
 @pytest.mark.backend_agnostic
-def test_out_below_a_file(capsys, tmp_path):
-    (tmp_path / "file").write_text("")
-    out = tmp_path / "file" / "sub" / "dir"
-    assert cli.main(["circles", "--epochs", "1", "--seeds", "1", "--out", str(out)]) == 2
+def test_compiled_where_the_backend_has_none_exits_2_naming_engine_fit(capsys, tmp_path):
+    import keras
+
+    if keras.backend.backend() in ("tensorflow", "jax"):
+        pytest.skip("this backend has a compiled engine")
+    assert cli.main(["circles", *QUICK, "--engine", "compiled", "--out", str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err
-    assert "is not a directory" in err and "Traceback" not in err
-    assert _listing(tmp_path) == ["file"]
-
-
-@pytest.mark.backend_agnostic
-@pytest.mark.skipif(
-    not hasattr(os, "geteuid") or os.geteuid() == 0, reason="root can write anywhere"
-)
-def test_out_not_writable(capsys, tmp_path):
-    locked = tmp_path / "locked"
-    locked.mkdir()
-    locked.chmod(0o500)
-    try:
-        argv = ["circles", "--epochs", "1", "--seeds", "1", "--out", str(locked / "x")]
-        assert cli.main(argv) == 2
-        assert "not writable" in capsys.readouterr().err
-    finally:
-        locked.chmod(0o700)
+    assert "--engine fit" in err and keras.backend.backend() in err
+    assert _listing(tmp_path) == []
 
 
 # --------------------------------------------------------------------------- runs
@@ -140,67 +149,68 @@ def test_out_not_writable(capsys, tmp_path):
 
 def test_circles_writes_everything(capsys, tmp_path):
     out = tmp_path / "new" / "results"
-    argv = [
-        "circles",
-        "--configs", "baseline", "bn-after",
-        "--seeds", "2",
-        "--epochs", "3",
-        "--out", str(out),
-        "--moving-stats",
-        "--no-progress",
-    ]  # fmt: skip
+    argv = ["circles", "--configs", "baseline", "bn-after", "--seeds", "2", "--epochs", "3",
+            "--shuffle", "once", "--out", str(out), "--moving-stats", "--no-progress"]  # fmt: skip
     assert cli.main(argv) == 0
     captured = capsys.readouterr()
     assert captured.out.startswith("| config | runs |")
     assert "| baseline | 2 |" in captured.out and "| bn-after | 2 |" in captured.out
     assert "Wrote" in captured.err and "Traceback" not in captured.err
-    assert _listing(out) == [
-        "accuracy.png",
-        "loss.png",
-        "moving_stats.npz",
-        "results.csv",
-        "results.json",
-        "runs.csv",
-        "table.md",
-    ]
+    assert _listing(out) == sorted([*cli.OUTPUTS, "moving_stats.npz"])
     results = json.loads((out / "results.json").read_text())
     assert results["configs"] == ["baseline", "bn-after"] and results["seeds"] == [0, 1]
-    assert results["epochs"] == 3 and results["engine"] == "compiled"
+    assert results["engine"] == "compiled" and results["shuffle"] == "once"
     assert len((out / "results.csv").read_text().splitlines()) == 1 + 2 * 2 * 3
     assert len((out / "runs.csv").read_text().splitlines()) == 1 + 2 * 2
     assert (out / "table.md").read_text().strip() == captured.out.strip()
     assert (out / "accuracy.png").read_bytes()[:4] == b"\x89PNG"
-    assert not [p for p in tmp_path.rglob(".keras-bn-tools-*")]  # no staging left
+    assert not list(tmp_path.rglob(".keras-bn-tools-*"))  # no staging left
     umask = os.umask(0)
     os.umask(umask)
     assert out.stat().st_mode & 0o777 == 0o777 & ~umask  # not mkdtemp's private 0o700
 
 
-def test_existing_out_keeps_other_files(capsys, tmp_path):
-    (tmp_path / "notes.txt").write_text("mine")
-    (tmp_path / "results.json").write_text("old")
-    argv = ["circles", "--configs", "bn-before", "--seeds", "1", "--epochs", "2",
-            "--out", str(tmp_path), "--no-progress", "--engine", "fit"]  # fmt: skip
+def test_overwrite_replaces_an_earlier_study_whole(capsys, tmp_path):
+    out = tmp_path / "results"
+    _earlier_study(out)
+    argv = ["circles", *QUICK, "--engine", "fit", "--out", str(out), "--overwrite"]
     assert cli.main(argv) == 0
     capsys.readouterr()
-    assert (tmp_path / "notes.txt").read_text() == "mine"
-    assert json.loads((tmp_path / "results.json").read_text())["engine"] == "fit"
-    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+    assert _listing(out) == sorted(cli.OUTPUTS)  # the stale moving_stats.npz is gone
+    assert json.loads((out / "results.json").read_text())["engine"] == "fit"
+    assert _listing(tmp_path) == ["results", *(f"results/{n}" for n in sorted(cli.OUTPUTS))]
 
 
-def test_failed_run_writes_nothing(capsys, tmp_path, monkeypatch):
-    import keras_bn_tools.studies.circles as circles
+def test_failed_run_leaves_out_as_it_was(capsys, tmp_path, monkeypatch):
+    import keras_bn_tools.studies as studies
 
-    def explode(**kwargs):
+    def explode(*args, **kwargs):
         raise RuntimeError("boom")
 
-    monkeypatch.setattr(circles, "run_study", explode)
-    out = tmp_path / "out"
-    argv = ["circles", "--seeds", "1", "--epochs", "1", "--out", str(out), "--no-progress"]
-    assert cli.main(argv) == 1
+    monkeypatch.setattr(studies, "run_study", explode)
+    out = tmp_path / "results"
+    before = _earlier_study(out)
+    assert cli.main(["circles", *QUICK, "--out", str(out), "--overwrite"]) == 1
     err = capsys.readouterr().err
     assert "RuntimeError: boom" in err and "Traceback" not in err
-    assert _listing(tmp_path) == []
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    assert _listing(tmp_path) == ["results", "results/moving_stats.npz", "results/results.json"]
+
+
+def test_study_runs_a_users_protocol(capsys, tmp_path, monkeypatch):
+    (tmp_path / "my_study.py").write_text(
+        (ROOT / "tests" / "studies" / "study_protocols.py").read_text()
+    )
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    argv = ["study", "my_study:BLOBS", "--seeds", "2", "--epochs", "2", "--no-progress"]
+    assert cli.main(argv) == 0
+    captured = capsys.readouterr()
+    assert "| plain | 2 |" in captured.out and "| bn | 2 |" in captured.out
+    results = json.loads((tmp_path / "blobs_results" / "results.json").read_text())
+    assert (
+        results["protocol"] == "blobs" and results["metadata"]["accuracy"] == "sparse_categorical"
+    )
 
 
 def test_summary(capsys):
@@ -208,3 +218,61 @@ def test_summary(capsys):
     out = capsys.readouterr().out
     assert "bn-before:" in out and "bn-input:" in out
     assert out.count("batch_normalization") >= 3 and "activation" in out
+
+
+# --------------------------------------------------------------------------- process
+
+
+@pytest.mark.backend_agnostic
+def test_only_the_cli_process_counts_as_the_cli():
+    assert is_cli_process(["/usr/bin/keras-bn-tools", "circles"], ["python", "x"])
+    assert is_cli_process(["-m"], ["python3", "-m", "keras_bn_tools", "circles"])
+    assert is_cli_process(["-m"], ["python3", "-X", "dev", "-mkeras_bn_tools"])
+    assert not is_cli_process(["-m"], ["python3", "-m", "pytest"])
+    assert not is_cli_process(["-c"], ["python3", "-c", "import keras_bn_tools", "-m"])
+    assert not is_cli_process(["train.py"], ["python3", "train.py", "-m", "keras_bn_tools"])
+
+
+STARTUP_NOISE = ("oneDNN", "cuda", "cuInit", "absl", "cpu_feature")
+
+
+def test_cli_prints_only_its_own_output_and_libraries_keep_the_environment(tmp_path):
+    """`python -m keras_bn_tools` and the console script: none of TensorFlow's start-up
+    lines on stderr. A program that imports the library gets its environment untouched."""
+    commands = [[sys.executable, "-m", "keras_bn_tools"]]
+    if shutil.which("keras-bn-tools"):
+        commands.append([shutil.which("keras-bn-tools")])
+    for i, command in enumerate(commands):
+        argv = [*command, "circles", *QUICK, "--engine", "fit", "--out", str(tmp_path / str(i))]
+        result = subprocess.run(argv, capture_output=True, text=True, timeout=300,
+                                check=False, env=_env())  # fmt: skip
+        assert result.returncode == 0, result.stderr
+        assert result.stdout.startswith("| config |")
+        noise = [w for w in STARTUP_NOISE if w in result.stderr]
+        assert not noise, f"{command}: start-up lines on stderr:\n{result.stderr}"
+    code = "import os, keras_bn_tools; print(os.environ.get('TF_CPP_MIN_LOG_LEVEL'))"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            timeout=300, check=False, env=_env())  # fmt: skip
+    assert result.stdout.strip() == "None"
+
+
+@pytest.mark.skipif(not hasattr(signal, "SIGHUP"), reason="POSIX signals")
+@pytest.mark.parametrize("signum", ["SIGINT", "SIGTERM", "SIGHUP"])
+def test_every_way_of_stopping_leaves_out_as_it_was(signum, tmp_path):
+    out = tmp_path / "results"
+    before = _earlier_study(out)
+    argv = [sys.executable, "-m", "keras_bn_tools", "circles", "--engine", "fit", "--seeds",
+            "50", "--out", str(out), "--overwrite", "--no-progress"]  # fmt: skip
+    process = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               env=_env())  # fmt: skip
+    deadline = time.monotonic() + 120
+    while not list(tmp_path.glob(".keras-bn-tools-circles-*")) and time.monotonic() < deadline:
+        assert process.poll() is None, process.communicate()
+        time.sleep(0.2)
+    time.sleep(1.0)  # well inside the run
+    process.send_signal(getattr(signal, signum))
+    _, err = process.communicate(timeout=120)
+    assert process.returncode == 128 + getattr(signal, signum), err
+    assert "--out is as it was" in err and "Traceback" not in err
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    assert _listing(tmp_path) == ["results", "results/moving_stats.npz", "results/results.json"]

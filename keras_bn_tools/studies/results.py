@@ -143,7 +143,10 @@ class StudyResult:
         runs: one `RunResult` per config and seed (configs in order, seeds in order).
         configs: the config names, in order.
         seeds: the seeds, in order.
-        epochs, batch_size, shuffle, target: the settings the runs used.
+        epochs: epochs per run.
+        batch_size: training batch size.
+        shuffle: the data order (`"epoch"`, `"once"` or `"none"`).
+        target: the protocol's target test accuracy.
         engine: the engine that ran (`"compiled"` or `"fit"`, never `"auto"`).
         seconds: wall time of the whole study.
         metadata: versions, the protocol's description, engine details.

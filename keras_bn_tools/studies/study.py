@@ -10,7 +10,6 @@ from typing import Any
 
 from keras_bn_tools._validation import check_choice, check_positive_int, check_seeds
 from keras_bn_tools.studies.engines import resolve_engine
-from keras_bn_tools.studies.engines.common import RunSettings, StudyData, Timer
 from keras_bn_tools.studies.protocol import SHUFFLES, Protocol
 from keras_bn_tools.studies.results import RunResult, StudyResult
 
@@ -108,7 +107,8 @@ def run_study(
         seeds: distinct integers in `[0, 2**32 - 1]`; a `range` is streamed.
             Each run calls `keras.utils.set_random_seed(seed)` before building
             its model and draws its data order from the seed.
-        epochs, batch_size: default: the protocol's.
+        epochs: epochs per run (default: the protocol's).
+        batch_size: training batch size (default: the protocol's).
         engine: `"auto"` (the compiled engine where the backend has one:
             TensorFlow and JAX; else `"fit"`), `"compiled"` or `"fit"`.
             `StudyResult.engine` says which ran.
@@ -138,6 +138,9 @@ def run_study(
         print(result.engine, result.table())
         ```
     """
+    # Keras (and with it TensorFlow) loads only now: `PROTOCOLS` and --help stay light.
+    from keras_bn_tools.studies.engines.common import RunSettings, StudyData, Timer, fresh_model
+
     protocol = resolve_protocol(protocol)
     configs = _resolve_configs(protocol, configs)
     seeds = check_seeds("seeds", seeds)
@@ -166,7 +169,7 @@ def run_study(
         )
     if module.__name__.endswith(".tensorflow"):
         options["jit_compile"] = len(seeds) >= 4 if jit_compile == "auto" else jit_compile
-    data = StudyData.load(protocol, protocol.build(configs[0]))
+    data = StudyData.load(protocol, fresh_model(protocol, configs[0], seeds[0]))
     runs: list[RunResult] = []
     timer = Timer()
     from tqdm.auto import tqdm

@@ -77,9 +77,12 @@ class StudyData:
             )
         if len(arrays[0]) == 0 or len(arrays[2]) == 0:
             raise ValueError(f"Protocol {protocol.name!r}: `load_data()` returned no rows.")
+        for i in (0, 2):
+            if arrays[i].dtype.kind == "f":
+                arrays[i] = arrays[i].astype("float32")
         accuracy = protocol.accuracy
-        if accuracy == "auto":
-            units = int(model.outputs[0].shape[-1]) if model.outputs else 1
+        if accuracy == "auto":  # one call on one row: works for any model, subclassed too
+            units = int(model(arrays[0][:1], training=False).shape[-1])
             accuracy = "binary" if units == 1 else "sparse_categorical"
         if accuracy == "binary":
             # Labels shaped like the (rows, 1) output, as fit's compiled loss sees them.
@@ -88,9 +91,6 @@ class StudyData:
         else:
             arrays[1] = arrays[1].astype("int32").reshape(len(arrays[1]))
             arrays[3] = arrays[3].astype("int32").reshape(len(arrays[3]))
-        for i in (0, 2):
-            if arrays[i].dtype.kind == "f":
-                arrays[i] = arrays[i].astype("float32")
         return cls(*arrays, accuracy=accuracy)
 
     @property

@@ -27,15 +27,16 @@ from keras_bn_tools.studies.engines.common import (
 from keras_bn_tools.studies.protocol import Protocol
 from keras_bn_tools.studies.results import METRICS, RunResult
 
-__all__ = ["NAME", "run", "run_seeds"]
+__all__ = ["NAME", "evaluate", "ordered_batches", "run", "run_seeds"]
 
 NAME = "fit"
 
 CallbacksFactory = Callable[[str, int], Sequence[Any]]
 
 
-def _ordered_batches(data: StudyData, orders: np.ndarray, batch_size: int):
-    """A `keras.utils.PyDataset` that serves epoch `e`'s batches in `orders[e]`'s order."""
+def ordered_batches(data: StudyData, orders: np.ndarray, batch_size: int):
+    """A `keras.utils.PyDataset` serving epoch `e`'s batches in `orders[e]`'s order, and
+    the callback that tells it which epoch `fit` is in (pass both to `fit`)."""
     import keras
 
     class OrderedBatches(keras.utils.PyDataset):
@@ -63,8 +64,14 @@ def evaluate(model: Any, x: np.ndarray, y: np.ndarray, protocol: Protocol, kind:
     """Inference-mode loss and accuracy of `model` on `(x, y)` (the tutorial's `evaluate`)."""
     import keras
 
-    y_pred = model.predict(x, batch_size=max(256, protocol.batch_size), verbose=0)
+    # Direct calls, not model.predict: predict would trace a new function per model, and
+    # TensorFlow warns about "retracing" after a few runs.
+    chunk = max(1024, protocol.batch_size)
+    parts = [model(x[i : i + chunk], training=False) for i in range(0, len(x), chunk)]
+    y_pred = keras.ops.concatenate(parts) if len(parts) > 1 else parts[0]
     loss = float(keras.ops.convert_to_numpy(loss_fn(protocol)(y, y_pred)))
+    # The regularization losses, as fit's own loss and val_loss include them.
+    loss += sum(float(keras.ops.convert_to_numpy(extra)) for extra in model.losses)
     correct = float(keras.ops.convert_to_numpy(accuracy_fn(kind)(y, y_pred)))
     return loss, correct / len(x)
 
@@ -88,7 +95,7 @@ def run(
         loss=protocol.loss,
         metrics=[accuracy_metric(data.accuracy)],
     )
-    batches, epoch_setter = _ordered_batches(
+    batches, epoch_setter = ordered_batches(
         data, settings.orders(seed, data.rows), settings.batch_size
     )
     tracker = MovingStatsTracker(every="epoch") if stat_variables(model) else None

@@ -121,8 +121,6 @@ class _Runner:
 
     def _initial(self, seeds: list[int]):
         """Stacked initial variables of `seeds` (leading axis: seed) and their fresh models."""
-        import jax.numpy as jnp
-
         fresh = [fresh_model(self.protocol, self.config, s) for s in seeds]
         shapes = [tuple(v.shape) for v in self.model.variables]
         for model in fresh:
@@ -133,15 +131,18 @@ class _Runner:
                     f"compiled engine needs one architecture per config (use engine='fit')."
                 )
 
+        # NumPy, not jax.numpy: eager JAX ops would each compile a small XLA program.
         def stack(get):
-            return [jnp.stack(column) for column in zip(*(get(m) for m in fresh), strict=True)]
+            columns = zip(*(get(m) for m in fresh), strict=True)
+            return [np.stack([np.asarray(v) for v in column]) for column in columns]
 
         trainable = stack(lambda m: [v.value for v in m.trainable_variables])
         non_trainable = stack(lambda m: [v.value for v in m.non_trainable_variables])
         opt_vars = [
-            jnp.broadcast_to(v.value, (len(seeds), *v.shape)) for v in self.optimizer.variables
+            np.broadcast_to(np.asarray(v.value), (len(seeds), *v.shape))
+            for v in self.optimizer.variables
         ]
-        orders = jnp.asarray(np.stack([self.settings.orders(s, self.data.rows) for s in seeds]))
+        orders = np.stack([self.settings.orders(s, self.data.rows) for s in seeds])
         return (trainable, non_trainable, opt_vars, orders), fresh
 
     def run_chunk(self, seeds: list[int], pad_to: int) -> list[RunResult]:
@@ -153,7 +154,8 @@ class _Runner:
         compile_seconds = 0.0
         if pad_to not in self._compiled:
             compile_timer = Timer()
-            self._compiled[pad_to] = self._function.lower(*args, data).compile()
+            lowered = self._function.lower(*args, data)
+            self._compiled[pad_to] = lowered.compile()
             compile_seconds = compile_timer.seconds
         curves, final, snapshots, trainable, non_trainable = self._compiled[pad_to](*args, data)
         curves = [np.asarray(c) for c in curves]

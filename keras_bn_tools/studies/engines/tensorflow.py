@@ -14,6 +14,8 @@ snapshots every BN statistic.
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import warnings
 from collections.abc import Iterable, Iterator
 from typing import Any
@@ -37,6 +39,19 @@ from keras_bn_tools.studies.results import METRICS, RunResult
 __all__ = ["NAME", "run", "run_seeds"]
 
 NAME = "compiled"
+
+
+@contextlib.contextmanager
+def _quiet_tracing(tf: Any) -> Iterator[None]:
+    """Hide TensorFlow's "triggered tf.function retracing" warning: the engine traces
+    one graph per config on purpose, and more configs are not a mistake."""
+    logger = tf.get_logger()
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
 
 
 class _Runner:
@@ -150,7 +165,8 @@ class _Runner:
         fresh = self._reset(seed)
         orders = tf.constant(settings.orders(seed, self.data.rows))
         try:
-            arrays, final, snapshots = self._function(*self._tensors, orders)
+            with _quiet_tracing(tf):
+                arrays, final, snapshots = self._function(*self._tensors, orders)
         except (tf.errors.InvalidArgumentError, tf.errors.UnimplementedError) as error:
             if not self.jit_compile:
                 raise
