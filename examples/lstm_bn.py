@@ -2,7 +2,8 @@
 
 The task: each sequence holds `TIMESTEPS` noisy increments (feature 0) next to a distractor
 feature (feature 1); the label says whether the increments' running sum ends above zero. The
-script trains `build_lstm` with each placement:
+script trains `build_lstm` with each placement (the `sequence` study,
+`keras-bn-tools sequence`, runs the same task over many seeds):
 
 - "none":   LSTM -> Dense
 - "after":  LSTM -> BatchNormalization -> Dense
@@ -29,18 +30,7 @@ import keras
 import numpy as np
 
 from keras_bn_tools import build_lstm
-
-TIMESTEPS = 20
-FEATURES = 2
-
-
-def make_data(n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """`n` sequences `(TIMESTEPS, FEATURES)` and their labels (sign of the noisy sum)."""
-    increments = rng.normal(size=(n, TIMESTEPS))
-    distractor = rng.normal(scale=2.0, size=(n, TIMESTEPS))
-    x = np.stack([increments + rng.normal(scale=0.3, size=increments.shape), distractor], -1)
-    y = (increments.sum(axis=1) > 0).astype("float32")
-    return x.astype("float32"), y
+from keras_bn_tools.studies.sequence import FEATURES, TIMESTEPS, make_sequences
 
 
 class EpochAccuracy(keras.callbacks.Callback):
@@ -84,7 +74,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
 
     rng = np.random.default_rng(args.seed)
-    data = (make_data(2000, rng), make_data(1000, rng))
+    data = (make_sequences(2000, rng), make_sequences(1000, rng))
     print(f"sign of a noisy running sum: {TIMESTEPS} steps, 2000 train / 1000 test sequences")
     print(f"{'placement':<10} {'test acc ep 1':>13} {'test acc':>9} {'train acc':>10} {'fit s':>6}")
     for placement in ("none", "after", "before"):
