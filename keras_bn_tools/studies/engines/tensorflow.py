@@ -147,8 +147,10 @@ class _Runner:
             _, arrays, snapshots = tf.while_loop(
                 lambda epoch, *_: epoch < settings.epochs, epoch_body, (0, arrays, snapshots)
             )
-            final = (*evaluate(x, y), *evaluate(test_x, test_y))
-            return [a.stack() for a in arrays], final, [s.stack() for s in snapshots]
+            curves = [a.stack() for a in arrays]
+            # The test set's final figures are the last epoch's: evaluated once, not twice.
+            final = (*evaluate(x, y), curves[2][-1], curves[3][-1])
+            return curves, final, [s.stack() for s in snapshots]
 
         return run
 
