@@ -2,9 +2,10 @@
 
 The graph closes over one Keras model and one Keras optimizer built once per
 config. For each seed the engine builds the seed's fresh model (the weights
-`fit` starts from), copies its variables in, resets the optimizer's variables
-and calls the graph with the seed's `training_orders`: no retracing, no Python
-per step or per epoch. A step is Keras's own training step: a training-mode
+`fit` starts from) and calls the graph with its variables and the seed's
+`training_orders`; the graph copies them in and resets the optimizer's
+variables itself: no retracing, no eager op per variable, no Python per step
+or per epoch. A step is Keras's own training step: a training-mode
 forward pass (BN updates its moving statistics itself), the loss plus the
 model's regularization losses, the gradients and `optimizer.apply`. Per epoch
 it sums the batch losses times the batch sizes and the correct predictions
@@ -104,7 +105,16 @@ class _Runner:
         def len_of(x):
             return int(x.shape[0])
 
-        def run(x, y, test_x, test_y, orders):
+        optimizer_init = self._optimizer_init
+
+        def run(x, y, test_x, test_y, orders, initial):
+            # The seed's initial weights (its fresh model's variables) and a fresh optimizer
+            # state, loaded inside the graph: no eager assignment per variable and run.
+            for target, source in zip(model.variables, initial, strict=True):
+                target.assign(source)
+            for variable, value in zip(optimizer.variables, optimizer_init, strict=True):
+                variable.assign(value)
+
             def epoch_body(epoch, arrays, snapshots):
                 order = orders[epoch]
 
@@ -137,36 +147,37 @@ class _Runner:
             _, arrays, snapshots = tf.while_loop(
                 lambda epoch, *_: epoch < settings.epochs, epoch_body, (0, arrays, snapshots)
             )
-            final = (*evaluate(x, y), *evaluate(test_x, test_y))
-            return [a.stack() for a in arrays], final, [s.stack() for s in snapshots]
+            curves = [a.stack() for a in arrays]
+            # The test set's final figures are the last epoch's: evaluated once, not twice.
+            final = (*evaluate(x, y), curves[2][-1], curves[3][-1])
+            return curves, final, [s.stack() for s in snapshots]
 
         return run
 
-    def _reset(self, seed: int) -> Any:
-        """Load the seed's initial weights and a fresh optimizer state; return the fresh model."""
+    def _fresh(self, seed: int) -> Any:
+        """The seed's fresh model, whose variables the graph loads as initial weights."""
         fresh = fresh_model(self.protocol, self.config, seed)
         targets, sources = self.model.variables, fresh.variables
-        if [tuple(v.shape) for v in targets] != [tuple(v.shape) for v in sources]:
+        if [(tuple(v.shape), v.dtype) for v in targets] != [
+            (tuple(v.shape), v.dtype) for v in sources
+        ]:
             raise ValueError(
                 f"Protocol {self.protocol.name!r}: `build({self.config!r})` returned models "
                 f"with different variables from one call to the next; the compiled engine "
                 f"needs one architecture per config (use engine='fit')."
             )
-        for target, source in zip(targets, sources, strict=True):
-            target.assign(source.value)
-        for variable, value in zip(self.optimizer.variables, self._optimizer_init, strict=True):
-            variable.assign(value)
         return fresh
 
     def run(self, seed: int, settings: RunSettings) -> RunResult:
         import tensorflow as tf
 
         timer = Timer()
-        fresh = self._reset(seed)
+        fresh = self._fresh(seed)
         orders = tf.constant(settings.orders(seed, self.data.rows))
+        initial = [v.value for v in fresh.variables]  # tf.Variables: passed, not copied
         try:
             with _quiet_tracing(tf):
-                arrays, final, snapshots = self._function(*self._tensors, orders)
+                arrays, final, snapshots = self._function(*self._tensors, orders, initial)
         except (tf.errors.InvalidArgumentError, tf.errors.UnimplementedError) as error:
             if not self.jit_compile:
                 raise
@@ -179,8 +190,7 @@ class _Runner:
             )
             self.jit_compile = False
             self._function = tf.function(self._python_run, autograph=False)
-            self._reset(seed)
-            arrays, final, snapshots = self._function(*self._tensors, orders)
+            arrays, final, snapshots = self._function(*self._tensors, orders, initial)
         final = [float(v) for v in final]
         keys = [(key, stat) for key, stat, _ in stat_variables(fresh)]
         return RunResult(
