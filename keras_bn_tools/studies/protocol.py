@@ -66,6 +66,11 @@ class Protocol:
         accuracy: `"binary"` (one sigmoid output, threshold 0.5),
             `"sparse_categorical"` (one output per class, integer labels) or
             `"auto"` (default): binary when the model has one output unit.
+        jit_compile: whether TensorFlow's compiled engine uses XLA for this
+            protocol's models: `True`, `False`, or `"auto"` (default: from 4
+            seeds on). XLA speeds small dense and recurrent models up several
+            times on a CPU but slows convolutions down (see docs/studies.md);
+            `run_study(..., jit_compile=...)` overrides it.
 
     Example:
         ```python
@@ -103,6 +108,7 @@ class Protocol:
     loss: Any
     target: float
     accuracy: str = "auto"
+    jit_compile: bool | str = "auto"
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not self.name:
@@ -135,6 +141,11 @@ class Protocol:
         if isinstance(target, bool) or not isinstance(target, int | float) or not 0 <= target <= 1:
             raise ValueError(f"Protocol {self.name!r}: `target` must be in [0, 1], got {target!r}.")
         check_choice("accuracy", self.accuracy, ACCURACIES)
+        if self.jit_compile not in (True, False, "auto"):
+            raise ValueError(
+                f"Protocol {self.name!r}: `jit_compile` must be True, False or 'auto', "
+                f"got {self.jit_compile!r}."
+            )
 
 
 def training_orders(seed: int, rows: int, epochs: int, shuffle: str = "epoch") -> np.ndarray:

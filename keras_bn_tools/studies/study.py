@@ -119,7 +119,8 @@ def run_study(
             the `fit` engine.
         progress: show a progress bar over the runs on stderr.
         jit_compile: TensorFlow's compiled engine: compile with XLA (`True`,
-            `False` or `"auto"`: from 4 seeds on, where it pays off).
+            `False` or `"auto"`: as `protocol.jit_compile` says, which by
+            default means from 4 seeds on, where it pays off).
 
     Returns:
         A `StudyResult`.
@@ -168,6 +169,8 @@ def run_study(
             "callbacks (its BN statistics per epoch are in RunResult.moving_stats)."
         )
     if module.__name__.endswith(".tensorflow"):
+        if jit_compile == "auto":
+            jit_compile = protocol.jit_compile
         options["jit_compile"] = len(seeds) >= 4 if jit_compile == "auto" else jit_compile
     data = StudyData.load(protocol, fresh_model(protocol, configs[0], seeds[0]))
     runs: list[RunResult] = []

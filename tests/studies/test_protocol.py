@@ -75,6 +75,7 @@ def test_orders_reject_bad_arguments(kwargs, error, name):
         ({"batch_size": 2.5}, TypeError, "batch_size"),
         ({"target": 1.5}, ValueError, "target"),
         ({"accuracy": "top5"}, ValueError, "accuracy"),
+        ({"jit_compile": "yes"}, ValueError, "jit_compile"),
     ],
 )
 def test_protocol_checks_its_fields(change, error, match):

@@ -192,3 +192,17 @@ def test_xla_failure_falls_back_to_a_plain_graph():
         xla = run_circles([config], seeds=[0], epochs=2, engine="compiled", jit_compile=True)
     plain = run_circles([config], seeds=[0], epochs=2, engine="compiled", jit_compile=False)
     np.testing.assert_allclose(xla.runs[0].history["loss"], plain.runs[0].history["loss"])
+
+
+@pytest.mark.skipif(_backend() != "tensorflow", reason="XLA is a choice on TensorFlow only")
+def test_the_protocol_decides_xla_unless_the_call_does():
+    import dataclasses
+
+    def xla(protocol, **kwargs):
+        result = run_study(protocol, seeds=range(4), epochs=1, engine="compiled", **kwargs)
+        return result.metadata["jit_compile"]
+
+    assert xla(BLOBS) is True  # "auto": XLA from 4 seeds on
+    no_xla = dataclasses.replace(BLOBS, jit_compile=False)
+    assert xla(no_xla) is False
+    assert xla(no_xla, jit_compile=True) is True
