@@ -8,6 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
+from model_helpers import randomize_bn, two_bn_stack
 
 from keras_bn_tools.layers import MomentumBatchNormalization
 from keras_bn_tools.recalibration import RecalibrationReport, recalibrate_batchnorm
@@ -25,25 +26,6 @@ def _bn_numpy(layer, h):
     return (h - _np(layer.moving_mean)) / np.sqrt(_np(layer.moving_variance) + layer.epsilon) * _np(
         layer.gamma
     ) + _np(layer.beta)
-
-
-def _stack_model():
-    """Dense(relu) -> BN1 -> Dense -> BN2 -> Dense: BN2's input depends on BN1's statistics."""
-    inputs = keras.Input((3,))
-    h = keras.layers.Dense(5, activation="relu", name="d1")(inputs)
-    h = keras.layers.BatchNormalization(name="bn1")(h)
-    h = keras.layers.Dense(4, name="d2")(h)
-    h = keras.layers.BatchNormalization(name="bn2")(h)
-    return keras.Model(inputs, keras.layers.Dense(1, name="out")(h))
-
-
-def _randomize_bn(model, rng):
-    for layer in batchnorm_layers(model):
-        shape = layer.moving_mean.shape
-        layer.gamma.assign(rng.uniform(0.5, 2.0, shape).astype("float32"))
-        layer.beta.assign(rng.normal(size=shape).astype("float32"))
-        layer.moving_mean.assign(rng.normal(size=shape).astype("float32"))
-        layer.moving_variance.assign(rng.uniform(0.1, 3.0, shape).astype("float32"))
 
 
 def _assert_population(layer, h, rtol=1e-4, conditioning=1.0):
@@ -84,10 +66,10 @@ def _fresh_stack():
 )
 def test_two_stacked_bn_layers_match_numpy_layer_by_layer(x, batch_size, seed):
     if "model" not in _STACK:
-        _STACK["model"] = _stack_model()
+        _STACK["model"] = two_bn_stack()
     model = _STACK["model"]
     rng = np.random.default_rng(seed)
-    _randomize_bn(model, rng)
+    randomize_bn(model, rng)
     d1, bn1, d2, bn2 = (model.get_layer(n) for n in ("d1", "bn1", "d2", "bn2"))
     before = [w.copy() for w in model.get_weights()]
     trainable = [keras.ops.convert_to_numpy(w).copy() for w in model.trainable_weights]
@@ -150,7 +132,7 @@ def test_every_data_form_gives_the_same_statistics():
     rng = np.random.default_rng(1)
     x = rng.normal(size=(47, 3)).astype("float32") * 2 + 1
     y = rng.normal(size=(47, 1)).astype("float32")
-    model = _stack_model()
+    model = two_bn_stack()
     results = {}
     for name, data in _data_forms(x, y).items():
         if name == "list of batches":
@@ -194,7 +176,7 @@ def test_layers_are_recalibrated_in_call_order_not_declaration_order():
     x = (rng.normal(size=(40, 2)) * 3 + 5).astype("float32")
     model = _SwappedOrder()
     model(x[:2])
-    _randomize_bn(model, rng)
+    randomize_bn(model, rng)
     report = recalibrate_batchnorm(model, x, batch_size=16)
     assert list(report) == ["bn_early", "bn_late"]
     _assert_population(model.bn_early, x)
@@ -277,8 +259,8 @@ class _FailsOnThirdPass:
 
 @pytest.mark.backend_agnostic
 def test_a_failure_restores_every_statistic():
-    model = _stack_model()
-    _randomize_bn(model, np.random.default_rng(6))
+    model = two_bn_stack()
+    randomize_bn(model, np.random.default_rng(6))
     before = [keras.ops.convert_to_numpy(w).copy() for w in model.weights]
     with pytest.raises(OSError, match="disk gone"):
         recalibrate_batchnorm(model, _FailsOnThirdPass(np.ones((20, 3), "float32")))
@@ -288,9 +270,9 @@ def test_a_failure_restores_every_statistic():
 
 @pytest.mark.backend_agnostic
 def test_report_contents_and_table():
-    model = _stack_model()
+    model = two_bn_stack()
     rng = np.random.default_rng(7)
-    _randomize_bn(model, rng)
+    randomize_bn(model, rng)
     old_mean = _np(model.get_layer("bn1").moving_mean)
     report = recalibrate_batchnorm(model, rng.normal(size=(30, 3)).astype("float32"))
     assert isinstance(report, RecalibrationReport)
@@ -324,7 +306,7 @@ def test_report_contents_and_table():
 )
 def test_bad_inputs(data, kwargs, error, match):
     with pytest.raises(error, match=match):
-        recalibrate_batchnorm(_stack_model(), data, **kwargs)
+        recalibrate_batchnorm(two_bn_stack(), data, **kwargs)
 
 
 @pytest.mark.backend_agnostic
@@ -429,7 +411,7 @@ def test_endless_and_unbatched_tf_datasets_are_refused_with_a_hint():
 )
 def test_bad_method(kwargs, error, match):
     with pytest.raises(error, match=match):
-        recalibrate_batchnorm(_stack_model(), np.ones((4, 3)), **kwargs)
+        recalibrate_batchnorm(two_bn_stack(), np.ones((4, 3)), **kwargs)
 
 
 @pytest.mark.backend_agnostic

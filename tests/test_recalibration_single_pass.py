@@ -5,35 +5,16 @@ from __future__ import annotations
 import keras
 import numpy as np
 import pytest
+from model_helpers import randomize_bn, two_bn_stack
 
 from keras_bn_tools.layers import MomentumBatchNormalization
 from keras_bn_tools.recalibration import recalibrate_batchnorm
-from keras_bn_tools.rewrite import batchnorm_layers
 
 EPS = 1e-3
 
 
 def _np(variable) -> np.ndarray:
     return keras.ops.convert_to_numpy(variable).astype(np.float64)
-
-
-def _stack_model(bn=keras.layers.BatchNormalization):
-    """Dense(relu) -> BN1 -> Dense -> BN2 -> Dense."""
-    inputs = keras.Input((3,))
-    h = keras.layers.Dense(5, activation="relu", name="d1")(inputs)
-    h = bn(name="bn1")(h)
-    h = keras.layers.Dense(4, name="d2")(h)
-    h = bn(name="bn2")(h)
-    return keras.Model(inputs, keras.layers.Dense(1, name="out")(h))
-
-
-def _randomize_bn(model, rng):
-    for layer in batchnorm_layers(model):
-        shape = layer.moving_mean.shape
-        layer.gamma.assign(rng.uniform(0.5, 2.0, shape).astype("float32"))
-        layer.beta.assign(rng.normal(size=shape).astype("float32"))
-        layer.moving_mean.assign(rng.normal(size=shape).astype("float32"))
-        layer.moving_variance.assign(rng.uniform(0.1, 3.0, shape).astype("float32"))
 
 
 def fvcore_reference(model, batches):
@@ -61,8 +42,8 @@ def fvcore_reference(model, batches):
 @pytest.mark.parametrize("bn", [keras.layers.BatchNormalization, MomentumBatchNormalization])
 def test_single_pass_is_the_fvcore_average_of_batch_statistics(bn):
     rng = np.random.default_rng(0)
-    model = _stack_model(bn)
-    _randomize_bn(model, rng)
+    model = two_bn_stack(bn)
+    randomize_bn(model, rng)
     x = (rng.normal(size=(23, 3)) * 2 + 1).astype("float32")
     trainable = [_np(w).copy() for w in model.trainable_weights]
     counters = [_np(v).copy() for v in model.non_trainable_weights if "num_batches" in v.path]
@@ -133,8 +114,8 @@ class _BreaksOnSecondBatch:
 
 @pytest.mark.backend_agnostic
 def test_single_pass_failure_restores_every_variable():
-    model = _stack_model(lambda name: keras.layers.BatchNormalization(renorm=True, name=name))
-    _randomize_bn(model, np.random.default_rng(3))
+    model = two_bn_stack(lambda name: keras.layers.BatchNormalization(renorm=True, name=name))
+    randomize_bn(model, np.random.default_rng(3))
     before = [_np(w).copy() for w in model.weights]
     with pytest.raises(OSError, match="disk gone"):
         recalibrate_batchnorm(

@@ -95,12 +95,17 @@ def test_fresh_process_with_only_keras_and_keras_bn_tools_loads_every_class(tmp_
                        for m in sys.modules), "loading needed a feature module"
         """
     )
+    _run_fresh_python(script)
+    for name, want in expected.items():
+        np.testing.assert_array_equal(np.load(tmp_path / f"{name}_out.npy"), want, err_msg=name)
+
+
+def _run_fresh_python(script: str) -> None:
+    """Run `script` in a fresh interpreter and fail with its stderr if it fails."""
     result = subprocess.run(
         [sys.executable, "-c", script], capture_output=True, text=True, timeout=300, check=False
     )
     assert result.returncode == 0, result.stderr[-3000:]
-    for name, want in expected.items():
-        np.testing.assert_array_equal(np.load(tmp_path / f"{name}_out.npy"), want, err_msg=name)
 
 
 def test_registration_also_when_keras_is_imported_first():
@@ -112,10 +117,7 @@ def test_registration_also_when_keras_is_imported_first():
         "for name in names:\n"
         "    assert keras.saving.get_registered_object('keras_bn_tools>' + name), name\n"
     )
-    result = subprocess.run(
-        [sys.executable, "-c", script], capture_output=True, text=True, timeout=300, check=False
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
+    _run_fresh_python(script)
 
 
 def test_import_keras_bn_tools_alone_does_not_import_keras():
@@ -126,10 +128,7 @@ def test_import_keras_bn_tools_alone_does_not_import_keras():
         "import keras\n"
         "assert keras.saving.get_registered_object('keras_bn_tools>ChannelAffine')\n"
     )
-    result = subprocess.run(
-        [sys.executable, "-c", script], capture_output=True, text=True, timeout=300, check=False
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
+    _run_fresh_python(script)
 
 
 def test_registration_when_tensorflow_imports_keras():
@@ -140,7 +139,4 @@ def test_registration_when_tensorflow_imports_keras():
         "import keras\n"
         "assert keras.saving.get_registered_object('keras_bn_tools>MomentumBatchNormalization')\n"
     )
-    result = subprocess.run(
-        [sys.executable, "-c", script], capture_output=True, text=True, timeout=300, check=False
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
+    _run_fresh_python(script)
