@@ -188,10 +188,46 @@ def test_xla_failure_falls_back_to_a_plain_graph():
             return super().call(inputs + zero, training=training, mask=mask)
 
     config = CirclesConfig("bn-timestamp", "XLA-hostile", bn_layer=TimestampedBatchNormalization)
-    with pytest.warns(RuntimeWarning, match="XLA could not compile"):
-        xla = run_circles([config], seeds=[0], epochs=2, engine="compiled", jit_compile=True)
-    plain = run_circles([config], seeds=[0], epochs=2, engine="compiled", jit_compile=False)
-    np.testing.assert_allclose(xla.runs[0].history["loss"], plain.runs[0].history["loss"])
+    # Three seeds: the first call fails in the compiling thread, the seeds built
+    # meanwhile and the later ones run on the plain graph.
+    with pytest.warns(RuntimeWarning, match="XLA could not compile") as caught:
+        xla = run_circles([config], seeds=[0, 1, 2], epochs=2, engine="compiled",
+                          jit_compile=True)  # fmt: skip
+    assert len([w for w in caught if "XLA could not compile" in str(w.message)]) == 1
+    plain = run_circles([config], seeds=[0, 1, 2], epochs=2, engine="compiled",
+                        jit_compile=False)  # fmt: skip
+    for a, b in zip(xla.runs, plain.runs, strict=True):
+        assert a.seed == b.seed
+        np.testing.assert_allclose(a.history["loss"], b.history["loss"])
+
+
+@pytest.mark.skipif(_backend() != "tensorflow", reason="TensorFlow engine: builds ahead")
+def test_tensorflow_engine_reads_seeds_lazily_while_it_compiles(monkeypatch):
+    """While the first seed's graph compiles, the engine builds at most PREFETCH
+    later seeds' models; an endless seed iterator is fine, and every run matches
+    the run of its seed alone."""
+    import itertools
+
+    from keras_bn_tools.studies.engines import tensorflow as tf_engine
+    from keras_bn_tools.studies.engines.common import RunSettings, StudyData
+
+    monkeypatch.setattr(tf_engine, "PREFETCH", 2)
+    data = StudyData.load(BLOBS, BLOBS.build("bn"))
+    settings = RunSettings(epochs=1, batch_size=32)
+    read = []
+
+    def endless():
+        for seed in itertools.count(10):
+            read.append(seed)
+            yield seed
+
+    runs = tf_engine.run_seeds(BLOBS, "bn", endless(), data=data, settings=settings)
+    first = [next(runs) for _ in range(4)]
+    assert [r.seed for r in first] == [10, 11, 12, 13]
+    assert len(read) <= 4 + 1  # the four runs, plus at most one read ahead
+    for run in first:
+        alone = tf_engine.run(BLOBS, "bn", run.seed, data=data, settings=settings)
+        np.testing.assert_allclose(run.history["loss"], alone.history["loss"], rtol=1e-5)
 
 
 @pytest.mark.skipif(_backend() != "tensorflow", reason="XLA is a choice on TensorFlow only")
@@ -206,3 +242,29 @@ def test_the_protocol_decides_xla_unless_the_call_does():
     no_xla = dataclasses.replace(BLOBS, jit_compile=False)
     assert xla(no_xla) is False
     assert xla(no_xla, jit_compile=True) is True
+
+
+def test_jax_compiler_options_are_known_to_this_jaxlib():
+    """The JAX engine's XLA options (debug options, which come and go between
+    jaxlib releases) are accepted as they are: if a release drops one, the engine
+    would quietly compile without it, and this test says so."""
+    jax = pytest.importorskip("jax")
+
+    from keras_bn_tools.studies.engines.jax import CPU_COMPILER_OPTIONS
+
+    lowered = jax.jit(lambda x: x * 2.0 + 1.0).lower(np.float32(1.0))
+    compiled = lowered.compile(compiler_options=dict(CPU_COMPILER_OPTIONS))
+    assert float(compiled(np.float32(3.0))) == 7.0
+
+
+def test_jax_engine_compiles_without_an_option_this_jaxlib_rejects(monkeypatch):
+    jax = pytest.importorskip("jax")
+
+    from keras_bn_tools.studies.engines import jax as jax_engine
+
+    monkeypatch.setattr(jax_engine, "CPU_COMPILER_OPTIONS", {"xla_no_such_option": True})
+    lowered = jax.jit(lambda x: x * 2.0 + 1.0).lower(np.float32(1.0))
+    if jax.default_backend() == "cpu":
+        with pytest.raises(jax.errors.JaxRuntimeError, match="compile option"):
+            lowered.compile(compiler_options={"xla_no_such_option": True})
+    assert float(jax_engine._compile(lowered)(np.float32(3.0))) == 7.0

@@ -10,6 +10,8 @@ the weights `fit` starts from) and is fed the study's `training_orders`. A
 step is Keras's JAX training step: the loss plus the model's regularization
 losses, `jax.value_and_grad`, `optimizer.stateless_apply`; BN's moving
 statistics come back from `stateless_call` as updated non-trainable variables.
+XLA compiles in a thread, with `CPU_COMPILER_OPTIONS` on a CPU, while the
+seeds' fresh models are built.
 """
 
 from __future__ import annotations
@@ -37,6 +39,17 @@ from keras_bn_tools.studies.results import METRICS, RunResult
 __all__ = ["NAME", "SEEDS_PER_CALL", "run", "run_seeds"]
 
 NAME = "compiled"
+#: XLA options for the study's programs on a CPU. A study's programs are small and
+#: run for a fraction of a second, so compiling them is most of the cost. XLA's
+#: classic CPU fusion path (not the newer fusion emitters) and LLVM at -O1 halve the
+#: circles study's compile time (2.3 s -> 1.1 s for three configs) for a run time
+#: that grows by less than that saves, also for 100 seeds and for the digits CNN
+#: (`benchmarks/study_speed.py`). A jaxlib that rejects an option compiles without
+#: them (`_compile`); `tests/studies` says when that happens.
+CPU_COMPILER_OPTIONS: dict[str, Any] = {
+    "xla_cpu_use_fusion_emitters": False,
+    "xla_backend_optimization_level": 1,
+}
 #: Seeds trained together by one vmapped call (the last chunk is padded to this size
 #: when the study has more seeds, so that it reuses the compiled function).
 SEEDS_PER_CALL = 100
@@ -173,7 +186,7 @@ class _Runner:
 
         def work():
             try:
-                box["compiled"] = lowered.compile()
+                box["compiled"] = _compile(lowered)
             except BaseException as error:  # re-raised in the caller's thread
                 box["error"] = error
 
@@ -241,6 +254,21 @@ class _Runner:
             {id(v): non_trainable[i][k] for i, v in enumerate(model.non_trainable_variables)}
         )
         return [by_id[id(w)] for w in model.weights]
+
+
+def _compile(lowered: Any) -> Any:
+    """`lowered.compile()` with `CPU_COMPILER_OPTIONS` on a CPU; without them when this
+    jaxlib rejects an option name (XLA's debug options come and go between releases)."""
+    import jax
+
+    options = CPU_COMPILER_OPTIONS if jax.default_backend() == "cpu" else {}
+    if options:
+        try:
+            return lowered.compile(compiler_options=dict(options))
+        except jax.errors.JaxRuntimeError as error:
+            if "compile option" not in str(error):
+                raise
+    return lowered.compile()
 
 
 def run_seeds(

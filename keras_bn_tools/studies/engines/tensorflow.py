@@ -10,15 +10,18 @@ forward pass (BN updates its moving statistics itself), the loss plus the
 model's regularization losses, the gradients and `optimizer.apply`. Per epoch
 it sums the batch losses times the batch sizes and the correct predictions
 (`fit`'s running averages), evaluates the test set in inference mode and
-snapshots every BN statistic.
+snapshots every BN statistic. The first call, which XLA compiles, runs in a
+thread while the next seeds' fresh models are built (`run_seeds`).
 """
 
 from __future__ import annotations
 
 import contextlib
+import itertools
 import logging
 import warnings
 from collections.abc import Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
@@ -154,7 +157,7 @@ class _Runner:
 
         return run
 
-    def _fresh(self, seed: int) -> Any:
+    def fresh(self, seed: int) -> Any:
         """The seed's fresh model, whose variables the graph loads as initial weights."""
         fresh = fresh_model(self.protocol, self.config, seed)
         targets, sources = self.model.variables, fresh.variables
@@ -168,42 +171,73 @@ class _Runner:
             )
         return fresh
 
-    def run(self, seed: int, settings: RunSettings) -> RunResult:
+    def arguments(self, seed: int, fresh: Any, settings: RunSettings) -> tuple:
+        """The graph's arguments for `seed`: the data, its orders, its initial weights."""
         import tensorflow as tf
 
-        timer = Timer()
-        fresh = self._fresh(seed)
         orders = tf.constant(settings.orders(seed, self.data.rows))
         initial = [v.value for v in fresh.variables]  # tf.Variables: passed, not copied
+        return (*self._tensors, orders, initial)
+
+    def call(self, arguments: tuple) -> tuple:
+        """One run of the graph; if XLA cannot compile it, warn and run it without XLA."""
+        import tensorflow as tf
+
         try:
             with _quiet_tracing(tf):
-                arrays, final, snapshots = self._function(*self._tensors, orders, initial)
+                return self._function(*arguments)
         except (tf.errors.InvalidArgumentError, tf.errors.UnimplementedError) as error:
-            if not self.jit_compile:
-                raise
-            warnings.warn(
-                f"XLA could not compile the study's graph for config {self.config!r} "
-                f"({type(error).__name__}: {str(error)[:300]}); running it as a plain "
-                f"TensorFlow graph instead.",
-                RuntimeWarning,
-                stacklevel=3,
-            )
-            self.jit_compile = False
-            self._function = tf.function(self._python_run, autograph=False)
-            arrays, final, snapshots = self._function(*self._tensors, orders, initial)
-        final = [float(v) for v in final]
+            return self.without_xla(error, arguments)
+
+    def without_xla(self, error: Exception, arguments: tuple) -> tuple:
+        """Warn that XLA refused the graph (`error`), then run it as a plain graph."""
+        import tensorflow as tf
+
+        if not self.jit_compile:
+            raise error
+        warnings.warn(
+            f"XLA could not compile the study's graph for config {self.config!r} "
+            f"({type(error).__name__}: {str(error)[:300]}); running it as a plain "
+            f"TensorFlow graph instead.",
+            RuntimeWarning,
+            stacklevel=5,
+        )
+        self.jit_compile = False
+        self._function = tf.function(self._python_run, autograph=False)
+        return self._function(*arguments)
+
+    def trace(self, arguments: tuple) -> None:
+        """Trace the graph now (Python: holds the GIL) so that a first `call` in another
+        thread only compiles and runs (C++, without the GIL)."""
+        import tensorflow as tf
+
+        with _quiet_tracing(tf):
+            self._function.get_concrete_function(*arguments)
+
+    def result(self, seed: int, fresh: Any, outputs: tuple, seconds: float) -> RunResult:
+        arrays, final, snapshots = outputs
         keys = [(key, stat) for key, stat, _ in stat_variables(fresh)]
         return RunResult(
             config=self.config,
             seed=int(seed),
             history={m: a.numpy().astype("float32") for m, a in zip(METRICS, arrays, strict=True)},
-            final=dict(zip(FINAL_KEYS, final, strict=True)),
+            final=dict(zip(FINAL_KEYS, (float(v) for v in final), strict=True)),
             target=self.protocol.target,
             moving_stats=nest_stats(keys, [s.numpy() for s in snapshots]),
-            seconds=timer.seconds,
+            seconds=seconds,
             engine=NAME,
             weights=self.model.get_weights(),
         )
+
+    def run(self, seed: int, settings: RunSettings, fresh: Any = None) -> RunResult:
+        timer = Timer()
+        fresh = self.fresh(seed) if fresh is None else fresh
+        outputs = self.call(self.arguments(seed, fresh, settings))
+        return self.result(seed, fresh, outputs, timer.seconds)
+
+
+#: At most this many seeds' fresh models are built ahead while the graph compiles.
+PREFETCH = 32
 
 
 def run_seeds(
@@ -215,9 +249,42 @@ def run_seeds(
     settings: RunSettings,
     jit_compile: bool = True,
 ) -> Iterator[RunResult]:
-    """Every seed's run through one traced graph (the first run pays for tracing/XLA)."""
+    """Every seed's run through one traced graph.
+
+    The first run pays for tracing and compiling. Its graph call (XLA compiles in
+    C++, without the GIL) runs in a thread while the next seeds' fresh models are
+    built here, at most `PREFETCH` of them; seeds are still read lazily.
+    """
+    import tensorflow as tf
+
     runner = _Runner(protocol, config, data, settings, jit_compile)
-    for seed in seeds:
+    iterator = iter(seeds)
+    first = next(iterator, None)
+    if first is None:
+        return
+    timer = Timer()
+    fresh = runner.fresh(first)
+    arguments = runner.arguments(first, fresh, settings)
+    runner.trace(arguments)
+    ahead = []
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        compiling = pool.submit(runner._function, *arguments)
+        for seed in itertools.islice(iterator, PREFETCH):
+            ahead.append((seed, runner.fresh(seed)))
+            if compiling.done():
+                break
+        try:
+            outputs = compiling.result()
+        except (tf.errors.InvalidArgumentError, tf.errors.UnimplementedError) as error:
+            outputs = runner.without_xla(error, arguments)
+    # The first run's time is the wall time until its result, the fresh models built
+    # meanwhile included; theirs is their graph call alone (their builds overlapped).
+    yield runner.result(first, fresh, outputs, timer.seconds)
+    for seed, built in ahead:
+        call = Timer()
+        outputs = runner.call(runner.arguments(seed, built, settings))
+        yield runner.result(seed, built, outputs, call.seconds)
+    for seed in iterator:
         yield runner.run(seed, settings)
 
 
