@@ -19,7 +19,8 @@ of each config built): the first Keras model of a process pays one-time costs
 (imports, small kernels) that would otherwise land on whichever engine runs
 first. Printed: seconds per run and the ratios, with the compiled engine's
 compile time included and apart (JAX: measured; TensorFlow: the first run of
-each config minus the median later run, i.e. tracing + XLA), and the largest
+each config minus the median later run: tracing and XLA, plus the later seeds'
+models the engine builds while XLA compiles), and the largest
 gap between the engines on the runs both made (same seeds, same batches:
 float round-off). `--against-tensorflow-fit` (JAX) also times the plain
 `model.fit` under TensorFlow, in a child process since a process has one

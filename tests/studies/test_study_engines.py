@@ -204,8 +204,9 @@ def test_xla_failure_falls_back_to_a_plain_graph():
 @pytest.mark.skipif(_backend() != "tensorflow", reason="TensorFlow engine: builds ahead")
 def test_tensorflow_engine_reads_seeds_lazily_while_it_compiles(monkeypatch):
     """While the first seed's graph compiles, the engine builds at most PREFETCH
-    later seeds' models; an endless seed iterator is fine, and every run matches
-    the run of its seed alone."""
+    later seeds' models, then one ahead of the running graph; an endless seed
+    iterator is fine, and every run, final weights included (read before the
+    next call starts), matches the run of its seed alone."""
     import itertools
 
     from keras_bn_tools.studies.engines import tensorflow as tf_engine
@@ -228,6 +229,9 @@ def test_tensorflow_engine_reads_seeds_lazily_while_it_compiles(monkeypatch):
     for run in first:
         alone = tf_engine.run(BLOBS, "bn", run.seed, data=data, settings=settings)
         np.testing.assert_allclose(run.history["loss"], alone.history["loss"], rtol=1e-5)
+        for mine, its in zip(run.weights, alone.weights, strict=True):
+            np.testing.assert_allclose(mine, its, rtol=1e-5, atol=1e-6)
+    assert len({float(np.sum(r.weights[0])) for r in first}) == 4  # four different runs
 
 
 @pytest.mark.skipif(_backend() != "tensorflow", reason="XLA is a choice on TensorFlow only")

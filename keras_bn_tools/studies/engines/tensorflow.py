@@ -16,8 +16,8 @@ thread while the next seeds' fresh models are built (`run_seeds`).
 
 from __future__ import annotations
 
+import collections
 import contextlib
-import itertools
 import logging
 import warnings
 from collections.abc import Iterable, Iterator
@@ -249,43 +249,54 @@ def run_seeds(
     settings: RunSettings,
     jit_compile: bool = True,
 ) -> Iterator[RunResult]:
-    """Every seed's run through one traced graph.
+    """Every seed's run through one traced graph, pipelined.
 
-    The first run pays for tracing and compiling. Its graph call (XLA compiles in
-    C++, without the GIL) runs in a thread while the next seeds' fresh models are
-    built here, at most `PREFETCH` of them; seeds are still read lazily.
+    Graph calls run in a worker thread (TensorFlow executes them in C++, without
+    the GIL) while this thread builds the next seeds' fresh models: up to
+    `PREFETCH` of them while the first call compiles, then one ahead. A run's
+    results, its final weights included, are read before the next call starts.
+    Seeds are read lazily. `RunResult.seconds` is the wall time since the
+    previous run's result (the first run's includes tracing and compiling).
     """
     import tensorflow as tf
 
     runner = _Runner(protocol, config, data, settings, jit_compile)
     iterator = iter(seeds)
+    ahead: collections.deque = collections.deque()
+
+    def build_ahead(limit: int, until: Any) -> None:
+        while len(ahead) < limit and not until.done():
+            seed = next(iterator, None)
+            if seed is None:
+                return
+            ahead.append((seed, runner.fresh(seed)))
+
     first = next(iterator, None)
     if first is None:
         return
     timer = Timer()
-    fresh = runner.fresh(first)
-    arguments = runner.arguments(first, fresh, settings)
+    seed, fresh = first, runner.fresh(first)
+    arguments = runner.arguments(seed, fresh, settings)
     runner.trace(arguments)
-    ahead = []
     with ThreadPoolExecutor(max_workers=1) as pool:
-        compiling = pool.submit(runner._function, *arguments)
-        for seed in itertools.islice(iterator, PREFETCH):
-            ahead.append((seed, runner.fresh(seed)))
-            if compiling.done():
-                break
-        try:
-            outputs = compiling.result()
-        except (tf.errors.InvalidArgumentError, tf.errors.UnimplementedError) as error:
-            outputs = runner.without_xla(error, arguments)
-    # The first run's time is the wall time until its result, the fresh models built
-    # meanwhile included; theirs is their graph call alone (their builds overlapped).
-    yield runner.result(first, fresh, outputs, timer.seconds)
-    for seed, built in ahead:
-        call = Timer()
-        outputs = runner.call(runner.arguments(seed, built, settings))
-        yield runner.result(seed, built, outputs, call.seconds)
-    for seed in iterator:
-        yield runner.run(seed, settings)
+        pending = pool.submit(runner._function, *arguments)
+        build_ahead(PREFETCH, pending)
+        while True:
+            try:
+                outputs = pending.result()
+            except (tf.errors.InvalidArgumentError, tf.errors.UnimplementedError) as error:
+                outputs = runner.without_xla(error, arguments)  # XLA refused the graph
+            yield runner.result(seed, fresh, outputs, timer.seconds)
+            timer = Timer()
+            if not ahead:
+                seed = next(iterator, None)
+                if seed is None:
+                    return
+                ahead.append((seed, runner.fresh(seed)))
+            seed, fresh = ahead.popleft()
+            arguments = runner.arguments(seed, fresh, settings)
+            pending = pool.submit(runner.call, arguments)
+            build_ahead(1, pending)
 
 
 def run(protocol: Protocol, config: str, seed: int, *, data: StudyData, settings: RunSettings,
