@@ -261,14 +261,36 @@ def test_jax_compiler_options_are_known_to_this_jaxlib():
     assert float(compiled(np.float32(3.0))) == 7.0
 
 
-def test_jax_engine_compiles_without_an_option_this_jaxlib_rejects(monkeypatch):
+def test_jax_engine_compiles_with_its_options_on_a_cpu():
     jax = pytest.importorskip("jax")
 
     from keras_bn_tools.studies.engines import jax as jax_engine
 
-    monkeypatch.setattr(jax_engine, "CPU_COMPILER_OPTIONS", {"xla_no_such_option": True})
+    seen = []
+
+    class Lowered:
+        def compile(self, compiler_options=None):
+            seen.append(compiler_options)
+            return "executable"
+
+    assert jax_engine._compile(Lowered()) == "executable"
+    expected = jax_engine.CPU_COMPILER_OPTIONS if jax.default_backend() == "cpu" else None
+    assert seen == [expected]
+
+
+@pytest.mark.parametrize(
+    "options",
+    [{"xla_no_such_option": True}, {"xla_backend_optimization_level": "not a number"}],
+    ids=["unknown-name", "wrong-type"],
+)
+def test_jax_engine_compiles_without_options_this_jaxlib_refuses(monkeypatch, options):
+    jax = pytest.importorskip("jax")
+
+    from keras_bn_tools.studies.engines import jax as jax_engine
+
+    monkeypatch.setattr(jax_engine, "CPU_COMPILER_OPTIONS", options)
     lowered = jax.jit(lambda x: x * 2.0 + 1.0).lower(np.float32(1.0))
     if jax.default_backend() == "cpu":
-        with pytest.raises(jax.errors.JaxRuntimeError, match="compile option"):
-            lowered.compile(compiler_options={"xla_no_such_option": True})
+        with pytest.raises(RuntimeError):
+            lowered.compile(compiler_options=dict(options))
     assert float(jax_engine._compile(lowered)(np.float32(3.0))) == 7.0

@@ -187,9 +187,9 @@ class _Runner:
             with _quiet_tracing(tf):
                 return self._function(*arguments)
         except (tf.errors.InvalidArgumentError, tf.errors.UnimplementedError) as error:
-            return self.without_xla(error, arguments)
+            return self.without_xla(error, arguments, stacklevel=2)
 
-    def without_xla(self, error: Exception, arguments: tuple) -> tuple:
+    def without_xla(self, error: Exception, arguments: tuple, stacklevel: int = 4) -> tuple:
         """Warn that XLA refused the graph (`error`), then run it as a plain graph."""
         import tensorflow as tf
 
@@ -200,7 +200,7 @@ class _Runner:
             f"({type(error).__name__}: {str(error)[:300]}); running it as a plain "
             f"TensorFlow graph instead.",
             RuntimeWarning,
-            stacklevel=5,
+            stacklevel=stacklevel,  # 4: run_study's caller (via run_seeds)
         )
         self.jit_compile = False
         self._function = tf.function(self._python_run, autograph=False)
@@ -229,12 +229,6 @@ class _Runner:
             weights=self.model.get_weights(),
         )
 
-    def run(self, seed: int, settings: RunSettings, fresh: Any = None) -> RunResult:
-        timer = Timer()
-        fresh = self.fresh(seed) if fresh is None else fresh
-        outputs = self.call(self.arguments(seed, fresh, settings))
-        return self.result(seed, fresh, outputs, timer.seconds)
-
 
 #: At most this many seeds' fresh models are built ahead while the graph compiles.
 PREFETCH = 32
@@ -255,8 +249,11 @@ def run_seeds(
     the GIL) while this thread builds the next seeds' fresh models: up to
     `PREFETCH` of them while the first call compiles, then one ahead. A run's
     results, its final weights included, are read before the next call starts.
-    Seeds are read lazily. `RunResult.seconds` is the wall time since the
-    previous run's result (the first run's includes tracing and compiling).
+    Seeds are read lazily: at most `PREFETCH` + 1 ahead of the runs yielded.
+    `RunResult.seconds` is the wall time from the previous run's result to this
+    one's: its graph call, with the next seed's model built meanwhile (the
+    first run's: tracing, compiling and the models built meanwhile), so that
+    the runs' seconds add up to the engine's wall time.
     """
     import tensorflow as tf
 
