@@ -183,9 +183,8 @@ class _Runner:
         """One run of the graph; if XLA cannot compile it, warn and run it without XLA."""
         import tensorflow as tf
 
-        try:
-            with _quiet_tracing(tf):
-                return self._function(*arguments)
+        try:  # traced already (`trace`): no tracing here, in the worker thread
+            return self._function(*arguments)
         except (tf.errors.InvalidArgumentError, tf.errors.UnimplementedError) as error:
             return self.without_xla(error, arguments, stacklevel=2)
 
@@ -204,7 +203,8 @@ class _Runner:
         )
         self.jit_compile = False
         self._function = tf.function(self._python_run, autograph=False)
-        return self._function(*arguments)
+        with _quiet_tracing(tf):
+            return self._function(*arguments)
 
     def trace(self, arguments: tuple) -> None:
         """Trace the graph now (Python: holds the GIL) so that a first `call` in another
