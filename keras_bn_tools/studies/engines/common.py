@@ -27,6 +27,7 @@ __all__ = [
     "StudyData",
     "accuracy_fn",
     "fresh_model",
+    "fresh_model_like",
     "loss_fn",
     "nest_stats",
     "stat_variables",
@@ -114,6 +115,22 @@ def fresh_model(protocol: Protocol, config: str, seed: int) -> Any:
         raise ValueError(
             f"Protocol {protocol.name!r}: `build({config!r})` returned an unbuilt model; "
             f"start it with keras.Input(...) or call model.build(...) before returning it."
+        )
+    return model
+
+
+def fresh_model_like(protocol: Protocol, config: str, seed: int, reference: Any) -> Any:
+    """`fresh_model(protocol, config, seed)`, checked to have `reference`'s variables
+    (shapes and dtypes): a compiled engine runs every seed of a config through the
+    one program it built for `reference`."""
+    model = fresh_model(protocol, config, seed)
+    if [(tuple(v.shape), v.dtype) for v in model.variables] != [
+        (tuple(v.shape), v.dtype) for v in reference.variables
+    ]:
+        raise ValueError(
+            f"Protocol {protocol.name!r}: `build({config!r})` returned models with "
+            f"different variables from one call to the next; the compiled engine needs "
+            f"one architecture per config (use engine='fit')."
         )
     return model
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
@@ -28,7 +29,7 @@ from keras_bn_tools.studies.engines.common import (
     StudyData,
     Timer,
     accuracy_fn,
-    fresh_model,
+    fresh_model_like,
     loss_fn,
     nest_stats,
     stat_variables,
@@ -135,15 +136,7 @@ class _Runner:
 
     def _initial(self, seeds: list[int]):
         """Stacked initial variables of `seeds` (leading axis: seed) and their fresh models."""
-        fresh = [fresh_model(self.protocol, self.config, s) for s in seeds]
-        shapes = [tuple(v.shape) for v in self.model.variables]
-        for model in fresh:
-            if [tuple(v.shape) for v in model.variables] != shapes:
-                raise ValueError(
-                    f"Protocol {self.protocol.name!r}: `build({self.config!r})` returned "
-                    f"models with different variables from one call to the next; the "
-                    f"compiled engine needs one architecture per config (use engine='fit')."
-                )
+        fresh = [fresh_model_like(self.protocol, self.config, s, self.model) for s in seeds]
 
         # NumPy, not jax.numpy: eager JAX ops would each compile a small XLA program.
         def stack(get):
@@ -178,28 +171,12 @@ class _Runner:
 
     def _compile_async(self, size: int):
         """Lower now, compile in a thread (XLA releases the GIL) while the caller builds
-        the seeds' fresh models; `wait()` returns the executable."""
-        import threading
-
+        the seeds' fresh models; the returned `wait()` gives the executable."""
         lowered = self._function.lower(*self._specs(size))
-        box: dict[str, Any] = {}
-
-        def work():
-            try:
-                box["compiled"] = _compile(lowered)
-            except BaseException as error:  # re-raised in the caller's thread
-                box["error"] = error
-
-        thread = threading.Thread(target=work, daemon=True)
-        thread.start()
-
-        def wait():
-            thread.join()
-            if "error" in box:
-                raise box["error"]
-            return box["compiled"]
-
-        return wait
+        pool = ThreadPoolExecutor(max_workers=1)
+        compiling = pool.submit(_compile, lowered)
+        pool.shutdown(wait=False)  # the compile runs on; its thread ends with it
+        return compiling.result
 
     def run_chunk(self, seeds: list[int], pad_to: int) -> list[RunResult]:
         timer = Timer()

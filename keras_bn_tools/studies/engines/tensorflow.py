@@ -32,7 +32,7 @@ from keras_bn_tools.studies.engines.common import (
     StudyData,
     Timer,
     accuracy_fn,
-    fresh_model,
+    fresh_model_like,
     loss_fn,
     nest_stats,
     stat_variables,
@@ -157,20 +157,6 @@ class _Runner:
 
         return run
 
-    def fresh(self, seed: int) -> Any:
-        """The seed's fresh model, whose variables the graph loads as initial weights."""
-        fresh = fresh_model(self.protocol, self.config, seed)
-        targets, sources = self.model.variables, fresh.variables
-        if [(tuple(v.shape), v.dtype) for v in targets] != [
-            (tuple(v.shape), v.dtype) for v in sources
-        ]:
-            raise ValueError(
-                f"Protocol {self.protocol.name!r}: `build({self.config!r})` returned models "
-                f"with different variables from one call to the next; the compiled engine "
-                f"needs one architecture per config (use engine='fit')."
-            )
-        return fresh
-
     def arguments(self, seed: int, fresh: Any, settings: RunSettings) -> tuple:
         """The graph's arguments for `seed`: the data, its orders, its initial weights."""
         import tensorflow as tf
@@ -179,16 +165,7 @@ class _Runner:
         initial = [v.value for v in fresh.variables]  # tf.Variables: passed, not copied
         return (*self._tensors, orders, initial)
 
-    def call(self, arguments: tuple) -> tuple:
-        """One run of the graph; if XLA cannot compile it, warn and run it without XLA."""
-        import tensorflow as tf
-
-        try:  # traced already (`trace`): no tracing here, in the worker thread
-            return self._function(*arguments)
-        except (tf.errors.InvalidArgumentError, tf.errors.UnimplementedError) as error:
-            return self.without_xla(error, arguments, stacklevel=2)
-
-    def without_xla(self, error: Exception, arguments: tuple, stacklevel: int = 4) -> tuple:
+    def without_xla(self, error: Exception, arguments: tuple) -> tuple:
         """Warn that XLA refused the graph (`error`), then run it as a plain graph."""
         import tensorflow as tf
 
@@ -199,7 +176,7 @@ class _Runner:
             f"({type(error).__name__}: {str(error)[:300]}); running it as a plain "
             f"TensorFlow graph instead.",
             RuntimeWarning,
-            stacklevel=stacklevel,  # 4: run_study's caller (via run_seeds)
+            stacklevel=4,  # run_study's caller (via run_seeds and run_study)
         )
         self.jit_compile = False
         self._function = tf.function(self._python_run, autograph=False)
@@ -207,8 +184,8 @@ class _Runner:
             return self._function(*arguments)
 
     def trace(self, arguments: tuple) -> None:
-        """Trace the graph now (Python: holds the GIL) so that a first `call` in another
-        thread only compiles and runs (C++, without the GIL)."""
+        """Trace the graph now (Python: holds the GIL) so that its first call, in another
+        thread, only compiles and runs (C++, without the GIL)."""
         import tensorflow as tf
 
         with _quiet_tracing(tf):
@@ -261,39 +238,36 @@ def run_seeds(
     iterator = iter(seeds)
     ahead: collections.deque = collections.deque()
 
-    def build_ahead(limit: int, until: Any) -> None:
-        while len(ahead) < limit and not until.done():
-            seed = next(iterator, None)
-            if seed is None:
-                return
-            ahead.append((seed, runner.fresh(seed)))
+    def next_run() -> tuple[int, Any] | None:
+        """The next seed and its fresh model, or None after the last seed."""
+        seed = next(iterator, None)
+        if seed is None:
+            return None
+        return seed, fresh_model_like(protocol, config, seed, runner.model)
 
-    first = next(iterator, None)
-    if first is None:
-        return
+    def build_ahead(limit: int, pending: Any) -> None:
+        while len(ahead) < limit and not pending.done() and (upcoming := next_run()):
+            ahead.append(upcoming)
+
     timer = Timer()
-    seed, fresh = first, runner.fresh(first)
-    arguments = runner.arguments(seed, fresh, settings)
-    runner.trace(arguments)
+    upcoming = next_run()
+    if upcoming is not None:
+        runner.trace(runner.arguments(*upcoming, settings))
+    limit = PREFETCH  # while the first call compiles; one ahead after that
     with ThreadPoolExecutor(max_workers=1) as pool:
-        pending = pool.submit(runner._function, *arguments)
-        build_ahead(PREFETCH, pending)
-        while True:
+        while upcoming is not None:
+            seed, fresh = upcoming
+            arguments = runner.arguments(seed, fresh, settings)
+            pending = pool.submit(runner._function, *arguments)
+            build_ahead(limit, pending)
+            limit = 1
             try:
                 outputs = pending.result()
             except (tf.errors.InvalidArgumentError, tf.errors.UnimplementedError) as error:
                 outputs = runner.without_xla(error, arguments)  # XLA refused the graph
             yield runner.result(seed, fresh, outputs, timer.seconds)
             timer = Timer()
-            if not ahead:
-                seed = next(iterator, None)
-                if seed is None:
-                    return
-                ahead.append((seed, runner.fresh(seed)))
-            seed, fresh = ahead.popleft()
-            arguments = runner.arguments(seed, fresh, settings)
-            pending = pool.submit(runner.call, arguments)
-            build_ahead(1, pending)
+            upcoming = ahead.popleft() if ahead else next_run()
 
 
 def run(protocol: Protocol, config: str, seed: int, *, data: StudyData, settings: RunSettings,
