@@ -1,6 +1,6 @@
 """The `keras-bn-tools` command (also `python -m keras_bn_tools`).
 
-- `keras-bn-tools circles|digits|sequence [options]`: run a built-in study.
+- `keras-bn-tools PROTOCOL [options]`: run a built-in study (`studies.registry.BUILTIN`).
 - `keras-bn-tools study MODULE:ATTR [options]`: run the user's `Protocol`
   (`MODULE` is imported with the current directory on the path).
 - `keras-bn-tools summary [PROTOCOL] [--configs ...]`: print each config's model.
@@ -29,12 +29,13 @@ from pathlib import Path
 from typing import Any
 
 from keras_bn_tools._validation import MAX_SEED, check_int_in_range
+from keras_bn_tools.studies.engines import ENGINES
+from keras_bn_tools.studies.registry import BUILTIN
 
 __all__ = ["main"]
 
 PROG = "keras-bn-tools"
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
-BUILTIN = ("circles", "digits", "sequence")
 OUTPUTS = ("results.json", "results.csv", "runs.csv", "table.md", "accuracy.png", "loss.png")
 
 
@@ -107,7 +108,7 @@ def _add_study_options(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--engine",
-        choices=["auto", "compiled", "fit"],
+        choices=list(ENGINES),
         default="auto",
         help="'auto' (default): the compiled engine on TensorFlow and JAX, "
         "'fit' elsewhere; 'compiled': each run compiled whole; 'fit': model.fit",
@@ -174,7 +175,7 @@ def _build_parser(argv: Sequence[str]) -> argparse.ArgumentParser:
     study.add_argument("protocol", metavar="MODULE:ATTR", help="e.g. my_study:PROTOCOL")
     _add_study_options(study)
     summary = commands.add_parser("summary", help="print the model of each config")
-    summary.add_argument("protocol", nargs="?", default="circles", choices=BUILTIN,
+    summary.add_argument("protocol", nargs="?", default="circles", choices=list(BUILTIN),
                          help="built-in protocol (default: circles)")  # fmt: skip
     summary.add_argument("--configs", nargs="+", metavar="NAME", help="configs (default: all)")
     summary.set_defaults(handler=_run_summary)
