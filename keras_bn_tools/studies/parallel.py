@@ -34,6 +34,8 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from keras_bn_tools.studies.registry import resolve_protocol
+
 __all__ = [
     "CLUSTER_BACKENDS",
     "SEEDS_PER_UNIT",
@@ -123,8 +125,7 @@ class UnitContext:
 
     Attributes:
         protocol: a built-in protocol's name, or the `Protocol` itself.
-        resolve: `resolve(protocol) -> Protocol` (a module-level function).
-        engine: the engine module's import path.
+        engine: the `Engine` that runs the units.
         data: the study's `StudyData`.
         settings: the study's `RunSettings`.
         options: the engine's keyword options.
@@ -138,8 +139,7 @@ class UnitContext:
     """
 
     protocol: Any
-    resolve: Callable[[Any], Any]
-    engine: str
+    engine: Any
     data: Any
     settings: Any
     options: Mapping[str, Any] = field(default_factory=dict)
@@ -213,8 +213,7 @@ def run_unit(context: UnitContext, unit: Unit,
     died) are loaded, not run again (on JAX the unit is trained whole all the
     same, for identical numbers, and only the missing runs are saved)."""
     _prepare_worker(context)
-    protocol = context.resolve(context.protocol)
-    engine = importlib.import_module(context.engine)
+    protocol = resolve_protocol(context.protocol)
     found = {}
     if context.store is not None:
         found = {seed: run for (_, seed), run in context.store.load_many(
@@ -223,8 +222,9 @@ def run_unit(context: UnitContext, unit: Unit,
     seeds = list(unit.seeds) if context.whole_units else wanted
     runs = []
     if wanted:
-        for run in engine.run_seeds(protocol, unit.config, seeds, data=context.data,
-                                    settings=context.settings, **context.options):  # fmt: skip
+        runner = context.engine.run_seeds(protocol, unit.config, seeds, data=context.data,
+                                          settings=context.settings, **context.options)  # fmt: skip
+        for run in runner:
             if run.seed not in wanted:
                 continue
             if context.store is not None:

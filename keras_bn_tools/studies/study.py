@@ -6,52 +6,18 @@ import importlib
 import os
 import platform
 import sys
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 from keras_bn_tools._validation import check_bool, check_choice, check_positive_int, check_seeds
-from keras_bn_tools.studies.engines import resolve_engine
+from keras_bn_tools.studies.engines import GROUPED, Engine, resolve_engine
 from keras_bn_tools.studies.parallel import check_n_jobs
 from keras_bn_tools.studies.protocol import SHUFFLES, Protocol
+from keras_bn_tools.studies.registry import PROTOCOLS, resolve_protocol
 from keras_bn_tools.studies.results import RunResult, StudyResult
 
-__all__ = ["PROTOCOLS", "resolve_protocol", "run_study"]
-
-
-class _BuiltinProtocols(Mapping):
-    """`"circles"`, `"digits"`, `"sequence"` -> their `Protocol`, each module imported on use."""
-
-    names = ("circles", "digits", "sequence")
-
-    def __getitem__(self, name: str) -> Protocol:
-        if name not in self.names:
-            raise KeyError(name)
-        return importlib.import_module(f"keras_bn_tools.studies.{name}").PROTOCOL
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self.names)
-
-    def __len__(self) -> int:
-        return len(self.names)
-
-    def __repr__(self) -> str:
-        return f"PROTOCOLS({', '.join(self.names)})"
-
-
-#: The built-in protocols by name (each module is imported when first looked up).
-PROTOCOLS: Mapping[str, Protocol] = _BuiltinProtocols()
-
-
-def resolve_protocol(protocol: str | Protocol) -> Protocol:
-    """A `Protocol`, or the built-in one named `protocol`."""
-    if isinstance(protocol, Protocol):
-        return protocol
-    if isinstance(protocol, str) and protocol in PROTOCOLS:
-        return PROTOCOLS[protocol]
-    raise ValueError(
-        f"`protocol` must be a Protocol or one of {', '.join(map(repr, PROTOCOLS))}, "
-        f"got {protocol!r}."
-    )
+__all__ = ["PROTOCOLS", "StudyPlan", "plan_study", "resolve_protocol", "run_study"]
 
 
 def _resolve_configs(protocol: Protocol, configs: Any) -> tuple[str, ...]:
@@ -88,32 +54,87 @@ def _versions(backend: str) -> dict[str, str]:
     return versions
 
 
-def _run_all(protocol, configs, seeds, *, module, data, settings, options, backend, n_jobs,
-             store, resume, progress) -> list[RunResult]:  # fmt: skip
-    """Every run of the study in config then seed order: saved ones loaded (`resume`),
-    the others run in units (`keras_bn_tools.studies.parallel`), each saved as it ends."""
+@dataclass(frozen=True)
+class StudyPlan:
+    """What a study runs, every argument checked: built by `plan_study` before any
+    training, run by `execute`, collected by `collect`.
+
+    Attributes:
+        protocol: the protocol.
+        configs: the config names, in order.
+        seeds: the seeds, in order (a `range` stays a range).
+        settings: the `RunSettings` (epochs, batch size, data order) of the runs.
+        engine: the `Engine` that runs them.
+        options: the engine's run options (`Engine.options_for`).
+        backend: Keras's backend.
+    """
+
+    protocol: Protocol
+    configs: tuple[str, ...]
+    seeds: Sequence[int]
+    settings: Any
+    engine: Engine
+    options: dict[str, Any] = field(default_factory=dict)
+    backend: str = ""
+
+
+def plan_study(protocol: str | Protocol = "circles", configs: Sequence[str] | str | None = None,
+               seeds: Sequence[int] | range = range(10), *, epochs: int | None = None,
+               batch_size: int | None = None, engine: str = "auto", shuffle: str = "epoch",
+               callbacks_factory: Callable[[str, int], Sequence[Any]] | None = None,
+               jit_compile: bool | str = "auto") -> StudyPlan:  # fmt: skip
+    """Check `run_study`'s arguments (same meaning) and resolve them into a `StudyPlan`."""
+    from keras_bn_tools.studies.engines.common import RunSettings
+
+    protocol = resolve_protocol(protocol)
+    configs = _resolve_configs(protocol, configs)
+    seeds = check_seeds("seeds", seeds)
+    epochs = protocol.epochs if epochs is None else check_positive_int("epochs", epochs)
+    batch_size = protocol.batch_size if batch_size is None else batch_size
+    settings = RunSettings(
+        epochs,
+        check_positive_int("batch_size", batch_size),
+        check_choice("shuffle", shuffle, SHUFFLES),
+    )
+    if callbacks_factory is not None and not callable(callbacks_factory):
+        raise TypeError(f"`callbacks_factory` must be callable, got {callbacks_factory!r}.")
+    import keras
+
+    backend = keras.backend.backend()
+    chosen = resolve_engine(engine, backend)
+    options = chosen.options_for(
+        protocol, seeds, jit_compile=jit_compile, callbacks_factory=callbacks_factory
+    )
+    return StudyPlan(protocol, configs, seeds, settings, chosen, options, backend)
+
+
+def execute(plan: StudyPlan, data: Any, *, n_jobs: int = 1, store: Any = None,
+            progress: bool = False) -> list[RunResult]:  # fmt: skip
+    """Every run of `plan` in config then seed order: the runs saved in `store` loaded,
+    the others run in units of work (`keras_bn_tools.studies.parallel`), in this process
+    (`n_jobs=1`) or through joblib, each saved in `store` the moment it finishes."""
     from tqdm.auto import tqdm
 
     from keras_bn_tools.studies import parallel
     from keras_bn_tools.studies.compile_cache import active_compile_cache
 
-    keys = [(c, s) for c in configs for s in seeds]
-    finished = store.load_many(keys, protocol) if store is not None and resume else {}
-    whole_units = module.__name__.endswith(".jax")  # vmapped: numbers depend on the group
-    units = parallel.plan_units(configs, seeds, done=finished, whole_units=whole_units)
+    keys = [(c, s) for c in plan.configs for s in plan.seeds]
+    finished = store.load_many(keys, plan.protocol) if store is not None else {}
+    whole_units = GROUPED in plan.engine.supports
+    units = parallel.plan_units(plan.configs, plan.seeds, done=finished, whole_units=whole_units)
+    builtin = PROTOCOLS.get(plan.protocol.name) is plan.protocol
     context = parallel.UnitContext(
-        protocol=protocol.name if PROTOCOLS.get(protocol.name) is protocol else protocol,
-        resolve=resolve_protocol, engine=module.__name__, data=data, settings=settings,
-        options=options, backend=backend, store=store,
-        threads=parallel.worker_threads(n_jobs, len(units)) if n_jobs != 1 else 0,
-        compile_cache=active_compile_cache() if backend == "jax" else None,
+        protocol=plan.protocol.name if builtin else plan.protocol, engine=plan.engine,
+        data=data, settings=plan.settings, options=plan.options, backend=plan.backend,
+        store=store, threads=parallel.worker_threads(n_jobs, len(units)) if n_jobs != 1 else 0,
+        compile_cache=active_compile_cache() if plan.backend == "jax" else None,
         whole_units=whole_units,
     )  # fmt: skip
-    with tqdm(total=len(keys), initial=len(finished), desc=protocol.name, unit="run",
+    with tqdm(total=len(keys), initial=len(finished), desc=plan.protocol.name, unit="run",
               file=sys.stderr, disable=not progress, dynamic_ncols=True) as bar:  # fmt: skip
         try:
             for run in parallel.run_units(context, units, n_jobs, lambda run: bar.update(1)):
-                finished.setdefault((run.config, run.seed), run)
+                finished.setdefault((run.config, run.seed), run)  # never counted twice
         except parallel.WorkerDiedError as error:
             where = (
                 f"the {len(store.saved())} finished runs are saved in {str(store.directory)!r}: "
@@ -124,6 +145,65 @@ def _run_all(protocol, configs, seeds, *, module, data, settings, options, backe
             message = f"{error} Its unfinished runs are lost; {where}."
             raise parallel.WorkerDiedError(message) from error
     return [finished[key] for key in keys]
+
+
+def open_store(plan: StudyPlan, data: Any, out: str | os.PathLike, *, resume: bool) -> Any:
+    """The `RunStore` of `out` for `plan`, checked (`RunStore.open`)."""
+    from keras_bn_tools.studies.store import RunStore, study_fingerprint
+
+    fingerprint = study_fingerprint(
+        plan.protocol, data=(data.train_x, data.train_y, data.test_x, data.test_y),
+        epochs=plan.settings.epochs, batch_size=plan.settings.batch_size,
+        shuffle=plan.settings.shuffle, engine=plan.engine.name, backend=plan.backend,
+        options={k: v for k, v in plan.options.items() if k != "callbacks_factory"},
+    )  # fmt: skip
+    return RunStore(out, fingerprint).open(resume=resume)
+
+
+def _check_scaling(n_jobs: Any, out: Any, resume: Any, callbacks_factory: Any) -> tuple:
+    n_jobs = check_n_jobs(n_jobs)
+    resume = check_bool("resume", resume)
+    if resume and out is None:
+        raise ValueError("`resume=True` needs `out`: the directory whose saved runs to reuse.")
+    if out is not None and not isinstance(out, str | os.PathLike):
+        raise TypeError(f"`out` must be a directory path, got {out!r}.")
+    if out is not None and os.path.exists(out) and not os.path.isdir(out):
+        raise ValueError(f"`out` {os.fspath(out)!r} exists and is not a directory.")
+    if callbacks_factory is not None and n_jobs != 1:
+        raise ValueError(
+            "`callbacks_factory` needs n_jobs=1: the callbacks it makes hold their run's "
+            "model and stay in the process that trained it."
+        )
+    return n_jobs, resume
+
+
+def collect(plan: StudyPlan, data: Any, runs: list[RunResult], seconds: float,
+            n_jobs: int = 1) -> StudyResult:  # fmt: skip
+    """The `StudyResult` of `plan`'s `runs`, with the study's metadata."""
+    protocol = plan.protocol
+    metadata = {
+        "versions": _versions(plan.backend),
+        "description": protocol.description,
+        "config_descriptions": {c: protocol.configs[c] for c in plan.configs},
+        "loss": str(protocol.loss),
+        "accuracy": data.accuracy,
+        "compile_seconds": sum(r.compile_seconds for r in runs),
+        "n_jobs": n_jobs,
+        **({"jit_compile": plan.options["jit_compile"]} if "jit_compile" in plan.options else {}),
+    }
+    return StudyResult(
+        protocol=protocol.name,
+        runs=runs,
+        configs=plan.configs,
+        seeds=plan.seeds,
+        epochs=plan.settings.epochs,
+        batch_size=plan.settings.batch_size,
+        engine=plan.engine.name,
+        shuffle=plan.settings.shuffle,
+        target=protocol.target,
+        seconds=seconds,
+        metadata=metadata,
+    )
 
 
 def run_study(
@@ -145,7 +225,7 @@ def run_study(
     """Train each config of `protocol` once per seed and collect the results.
 
     Args:
-        protocol: a `Protocol` or a built-in name (`"circles"`, `"digits"`, `"sequence"`).
+        protocol: a `Protocol` or a built-in name (`PROTOCOLS`).
         configs: config names (default: the protocol's `default_configs`).
         seeds: distinct integers in `[0, 2**32 - 1]`; a `range` is streamed.
             Each run calls `keras.utils.set_random_seed(seed)` before building
@@ -153,17 +233,19 @@ def run_study(
         epochs: epochs per run (default: the protocol's).
         batch_size: training batch size (default: the protocol's).
         engine: `"auto"` (the compiled engine where the backend has one:
-            TensorFlow and JAX; else `"fit"`), `"compiled"` or `"fit"`.
-            `StudyResult.engine` says which ran.
+            TensorFlow and JAX; else `"fit"`), `"compiled"` or `"fit"`
+            (`keras_bn_tools.studies.engines.REGISTRY`). `StudyResult.engine`
+            says which ran.
         shuffle: `"epoch"` (a fresh order every epoch), `"once"` or `"none"`
             (see `keras_bn_tools.studies.protocol`).
         callbacks_factory: `callbacks_factory(config, seed)` returns callbacks
             for that run's `model.fit` (kept in `RunResult.callbacks`); needs
-            the `fit` engine.
+            an engine that runs callbacks (`fit`).
         progress: show a progress bar over the runs on stderr.
-        jit_compile: TensorFlow's compiled engine: compile with XLA (`True`,
-            `False` or `"auto"`: as `protocol.jit_compile` says, which by
-            default means from 4 seeds on, where it pays off).
+        jit_compile: engines with an XLA option (TensorFlow's compiled engine):
+            `True`, `False` or `"auto"`: as `protocol.jit_compile` says, which
+            by default means from 4 seeds on, where it pays off
+            (`engines.resolve_jit_compile`).
         n_jobs: processes, as joblib takes it (`-1`: every core). The study is
             cut into units (one config's chunk of up to 10 seeds) that joblib
             runs; inside `joblib.parallel_config(backend="dask")` (a
@@ -200,88 +282,15 @@ def run_study(
         ```
     """
     # Keras (and with it TensorFlow) loads only now: `PROTOCOLS` and --help stay light.
-    from keras_bn_tools.studies.engines.common import RunSettings, StudyData, Timer, fresh_model
+    from keras_bn_tools.studies.engines.common import StudyData, Timer, fresh_model
 
-    protocol = resolve_protocol(protocol)
-    configs = _resolve_configs(protocol, configs)
-    seeds = check_seeds("seeds", seeds)
-    epochs = protocol.epochs if epochs is None else check_positive_int("epochs", epochs)
-    batch_size = protocol.batch_size if batch_size is None else batch_size
-    settings = RunSettings(
-        epochs,
-        check_positive_int("batch_size", batch_size),
-        check_choice("shuffle", shuffle, SHUFFLES),
-    )
-    if jit_compile not in (True, False, "auto"):
-        raise ValueError(f"`jit_compile` must be True, False or 'auto', got {jit_compile!r}.")
-    if callbacks_factory is not None and not callable(callbacks_factory):
-        raise TypeError(f"`callbacks_factory` must be callable, got {callbacks_factory!r}.")
-    n_jobs = check_n_jobs(n_jobs)
-    resume = check_bool("resume", resume)
-    if resume and out is None:
-        raise ValueError("`resume=True` needs `out`: the directory whose saved runs to reuse.")
-    if out is not None and not isinstance(out, str | os.PathLike):
-        raise TypeError(f"`out` must be a directory path, got {out!r}.")
-    if out is not None and os.path.exists(out) and not os.path.isdir(out):
-        raise ValueError(f"`out` {os.fspath(out)!r} exists and is not a directory.")
-    if callbacks_factory is not None and n_jobs != 1:
-        raise ValueError(
-            "`callbacks_factory` needs n_jobs=1: the callbacks it makes hold their run's "
-            "model and stay in the process that trained it."
-        )
-    import keras
-
-    backend = keras.backend.backend()
-    module = resolve_engine(engine, backend)
-    options: dict[str, Any] = {}
-    if module.NAME == "fit":
-        options["callbacks_factory"] = callbacks_factory
-    elif callbacks_factory is not None:
-        raise ValueError(
-            "`callbacks_factory` needs engine='fit': the compiled engine calls no Keras "
-            "callbacks (its BN statistics per epoch are in RunResult.moving_stats)."
-        )
-    if module.__name__.endswith(".tensorflow"):
-        if jit_compile == "auto":
-            jit_compile = protocol.jit_compile
-        options["jit_compile"] = len(seeds) >= 4 if jit_compile == "auto" else jit_compile
-    data = StudyData.load(protocol, fresh_model(protocol, configs[0], seeds[0]))
-    store = None
-    if out is not None:
-        from keras_bn_tools.studies.store import RunStore, study_fingerprint
-
-        fingerprint = study_fingerprint(
-            protocol, data=(data.train_x, data.train_y, data.test_x, data.test_y),
-            epochs=settings.epochs, batch_size=settings.batch_size, shuffle=settings.shuffle,
-            engine=module.NAME, backend=backend,
-            options={k: v for k, v in options.items() if k != "callbacks_factory"},
-        )  # fmt: skip
-        store = RunStore(out, fingerprint).open(resume=resume)
-    timer = Timer()
-    runs = _run_all(
-        protocol, configs, seeds, module=module, data=data, settings=settings, options=options,
-        backend=backend, n_jobs=n_jobs, store=store, resume=resume, progress=progress,
+    n_jobs, resume = _check_scaling(n_jobs, out, resume, callbacks_factory)
+    plan = plan_study(
+        protocol, configs, seeds, epochs=epochs, batch_size=batch_size, engine=engine,
+        shuffle=shuffle, callbacks_factory=callbacks_factory, jit_compile=jit_compile,
     )  # fmt: skip
-    metadata = {
-        "versions": _versions(backend),
-        "description": protocol.description,
-        "config_descriptions": {c: protocol.configs[c] for c in configs},
-        "loss": str(protocol.loss),
-        "accuracy": data.accuracy,
-        "compile_seconds": sum(r.compile_seconds for r in runs),
-        "n_jobs": n_jobs,
-        **({"jit_compile": options["jit_compile"]} if "jit_compile" in options else {}),
-    }
-    return StudyResult(
-        protocol=protocol.name,
-        runs=runs,
-        configs=configs,
-        seeds=seeds,
-        epochs=settings.epochs,
-        batch_size=settings.batch_size,
-        engine=module.NAME,
-        shuffle=settings.shuffle,
-        target=protocol.target,
-        seconds=timer.seconds,
-        metadata=metadata,
-    )
+    data = StudyData.load(plan.protocol, fresh_model(plan.protocol, plan.configs[0], plan.seeds[0]))
+    store = None if out is None else open_store(plan, data, out, resume=resume)
+    timer = Timer()
+    runs = execute(plan, data, n_jobs=n_jobs, store=store, progress=progress)
+    return collect(plan, data, runs, timer.seconds, n_jobs)
