@@ -11,7 +11,10 @@ and `loss.png` under `--out`. Every option is checked before any work: bad
 input prints one line naming the option and exits with status 2. Results are
 written to a hidden staging directory next to `--out` and moved into place
 only when everything is written; SIGINT, SIGTERM and SIGHUP remove the
-staging directory, so a stopped run leaves `--out` as it was.
+staging directory, so a stopped run leaves `--out`'s results as they were. Each
+finished run is saved in `--out`'s `runs/` folder as it ends: `--resume`
+finishes an interrupted study (`_cli_scaling`: `--jobs`, `--cluster`,
+`--resume`, `--compile-cache`).
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ from keras_bn_tools._cli_output import (
     remove_staging,
     stop_on_signals,
 )
+from keras_bn_tools._cli_scaling import add_scaling_options, check_scaling, prepare_out, scaled
 from keras_bn_tools._validation import MAX_SEED, check_int_in_range
 from keras_bn_tools.studies.engines import ENGINES
 from keras_bn_tools.studies.registry import BUILTIN
@@ -42,6 +46,7 @@ __all__ = ["main"]
 
 PROG = "keras-bn-tools"
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
+_KEPT = "--out's results are as they were; its finished runs (runs/) are kept for --resume"
 OUTPUTS = ("results.json", "results.csv", "runs.csv", "table.md", "accuracy.png", "loss.png")
 
 
@@ -115,6 +120,7 @@ def _add_study_options(parser: argparse.ArgumentParser) -> None:
         "epoch (the tutorial's); 'once': one order reused every epoch; 'none'",
     )
     _add_output_options(parser)
+    add_scaling_options(parser)
     parser.set_defaults(handler=_run_study)
 
 
@@ -269,17 +275,28 @@ def _run_study(args: argparse.Namespace) -> int:
     protocol = _user_protocol(args.protocol) if user else _builtin(args.protocol)
     configs = _configs(protocol, args.configs)
     out = Path(args.out if args.out is not None else f"{protocol.name}_results")
-    anchor = check_out(out, args.overwrite)
+    anchor = check_out(out, args.overwrite, args.resume)
     _check_engine(args.engine)
+    import keras
+
+    cache = check_scaling(args, keras.backend.backend())
     from keras_bn_tools.studies import run_study
 
+    prepare_out(out, overwrite=args.overwrite)
     staging = make_staging(anchor, protocol.name)
     try:
-        result = run_study(
-            protocol, configs, range(args.first_seed, args.first_seed + args.seeds),
-            epochs=args.epochs, batch_size=args.batch_size, engine=args.engine,
-            shuffle=args.shuffle, progress=not args.no_progress,
-        )  # fmt: skip
+        from keras_bn_tools.studies.store import CorruptRunFileError, StudyMismatchError
+
+        try:
+            with scaled(args, cache):
+                result = run_study(
+                    protocol, configs, range(args.first_seed, args.first_seed + args.seeds),
+                    epochs=args.epochs, batch_size=args.batch_size, engine=args.engine,
+                    shuffle=args.shuffle, progress=not args.no_progress, n_jobs=args.jobs,
+                    out=out, resume=args.resume,
+                )  # fmt: skip
+        except (StudyMismatchError, CorruptRunFileError) as error:  # found before training
+            raise UsageError(f"--out {str(out)!r} (--resume): {error}") from None
         table = _write(result, staging, args.moving_stats)
         publish(staging, out)
     finally:
@@ -318,10 +335,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"{where}: error: {error}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
-        print(f"{where}: interrupted; --out is as it was", file=sys.stderr)
+        print(f"{where}: interrupted; {_KEPT}", file=sys.stderr)
         return 128 + signal.SIGINT
     except Stopped as stop:
-        print(f"{where}: stopped by signal {stop.signum}; --out is as it was", file=sys.stderr)
+        print(f"{where}: stopped by signal {stop.signum}; {_KEPT}", file=sys.stderr)
         return 128 + stop.signum
     except Exception as error:  # no traceback for people; KERAS_BN_TOOLS_DEBUG=1 shows one
         if os.environ.get("KERAS_BN_TOOLS_DEBUG"):
