@@ -147,7 +147,9 @@ def study_fingerprint(
     Args:
         protocol: the study's protocol (its fields other than prose and configs).
         data: the training and test arrays the runs see (digested).
-        epochs, batch_size, shuffle: the study's training settings.
+        epochs: epochs per run.
+        batch_size: the training batch size.
+        shuffle: the data order (`"epoch"`, `"once"` or `"none"`).
         engine: the engine that runs (`"compiled"` or `"fit"`).
         backend: the Keras backend.
         options: engine options that change numbers (e.g. `jit_compile`).
