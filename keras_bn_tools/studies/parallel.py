@@ -266,9 +266,9 @@ def run_units(context: UnitContext, units: Sequence[Unit], n_jobs: int,
         return
     import joblib
 
-    parallel = joblib.Parallel(n_jobs=n_jobs, return_as="generator_unordered")
+    tasks = [joblib.delayed(_run_unit_remote)(context, unit) for unit in units]
     try:
-        for runs in parallel(joblib.delayed(_run_unit_remote)(context, u) for u in units):
+        for runs in _in_parallel(tasks, n_jobs):
             for run in runs:
                 on_run(run)
                 yield run
@@ -278,6 +278,20 @@ def run_units(context: UnitContext, units: Sequence[Unit], n_jobs: int,
                 f"A worker process died mid-study ({type(error).__name__}: {error})."
             ) from error
         raise
+
+
+def _in_parallel(tasks: list, n_jobs: int) -> Any:
+    """`joblib.Parallel`'s results as each unit finishes; in order where the backend
+    cannot return them unordered (Ray's), all at once where it cannot stream them."""
+    import joblib
+
+    for return_as in ("generator_unordered", "generator", "list"):
+        try:
+            return joblib.Parallel(n_jobs=n_jobs, return_as=return_as)(tasks)
+        except ValueError as error:
+            if "return_as" not in str(error):
+                raise
+    raise AssertionError("unreachable: joblib returns lists on every backend")
 
 
 class WorkerDiedError(RuntimeError):
@@ -353,9 +367,12 @@ def cluster_backend(name: str, *, address: str | None = None,
     from ray.util.joblib import register_ray
 
     started = not ray.is_initialized()
-    if started:
-        ray.init(address=address, num_cpus=None if address else workers,
-                 include_dashboard=False, log_to_driver=False)  # fmt: skip
+    if started and address is None:  # local: workers import what this process can
+        path = os.pathsep.join(p for p in sys.path if p)
+        ray.init(num_cpus=workers, include_dashboard=False, log_to_driver=False,
+                 runtime_env={"env_vars": {"PYTHONPATH": path}})  # fmt: skip
+    elif started:
+        ray.init(address=address, log_to_driver=False)
     register_ray()
     try:
         with joblib.parallel_config(backend="ray"):

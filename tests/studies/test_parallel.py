@@ -191,3 +191,15 @@ def test_a_worker_killed_under_dask_is_recovered(serial, dask_client, tmp_path):
     assert_same_runs(box["result"], serial)  # each run once, none lost
     assert len(list((tmp_path / "runs").glob("*/seed-*.json"))) == 6
     assert pids[0] not in dask_client.run(os.getpid).values()
+
+
+# --------------------------------------------------------------------------- Ray
+
+
+@pytest.mark.slow
+def test_a_local_ray_study_equals_the_serial_study(serial, tmp_path):
+    pytest.importorskip("ray")
+    with parallel.cluster_backend("ray", workers=2):
+        result = run_study(BLOBS, **STUDY, n_jobs=-1, out=tmp_path)
+    assert_same_runs(result, serial)
+    assert len(list((tmp_path / "runs").glob("*/seed-*.json"))) == 6
