@@ -16,9 +16,8 @@ import keras
 import numpy as np
 
 from keras_bn_tools._keras_compat import is_functional
-from keras_bn_tools._model_utils import batchnorm_layers
+from keras_bn_tools.graph import BatchNormPolicy, batchnorm_layers, clone_model
 from keras_bn_tools.layers import MomentumBatchNormalization
-from keras_bn_tools.rewrite import replace_layers
 
 __all__ = ["BN_VARIABLES", "convert_batchnorm", "convert_layer"]
 
@@ -104,16 +103,7 @@ def convert_batchnorm(
             stacklevel=2,
         )
 
-    def replace(layer: keras.layers.Layer) -> keras.layers.Layer | None:
-        if isinstance(layer, keras.layers.BatchNormalization):
-            return _convert(layer, to, overrides)
-        if isinstance(layer, keras.layers.Wrapper) and isinstance(
-            layer.layer, keras.layers.BatchNormalization
-        ):
-            return _rewrap(layer, _convert(layer.layer, to, overrides))
-        return None
-
-    return replace_layers(model, replace)
+    return clone_model(model, BatchNormPolicy(lambda bn: _convert(bn, to, overrides)))
 
 
 def convert_layer(
@@ -245,19 +235,3 @@ def _value_for(source: Any, target: Any, name: str) -> np.ndarray:
     variance = keras.ops.convert_to_numpy(source.moving_variance)
     value = mean if name == "renorm_mean" else np.sqrt(variance)
     return np.asarray(value, dtype=dtype)
-
-
-def _rewrap(wrapper: keras.layers.Wrapper, inner: keras.layers.Layer) -> keras.layers.Wrapper:
-    """`wrapper` re-created around the converted `inner` layer."""
-    config = wrapper.get_config()
-    config.pop("layer", None)
-    try:
-        new = type(wrapper)(inner, **config)
-    except Exception as error:
-        raise ValueError(
-            f"Cannot convert the BN layer inside {wrapper.name!r} ({type(wrapper).__name__}): "
-            f"the wrapper cannot be re-created around a new layer ({error})."
-        ) from error
-    if wrapper.built:
-        new.build_from_config(wrapper.get_build_config())
-    return new

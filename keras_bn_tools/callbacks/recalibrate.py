@@ -6,8 +6,8 @@ from typing import Any
 
 import keras
 
-from keras_bn_tools._model_utils import batchnorm_layers
 from keras_bn_tools._validation import check_choice, check_positive_int
+from keras_bn_tools.graph import batchnorm_layers
 from keras_bn_tools.recalibration import (
     METHODS,
     BatchSource,

@@ -8,8 +8,8 @@ from typing import Any
 import keras
 import numpy as np
 
-from keras_bn_tools._model_utils import batchnorm_layers, layer_keys
 from keras_bn_tools._validation import check_choice, check_positive_int, check_statistic
+from keras_bn_tools.graph import batchnorm_layers, layer_keys
 from keras_bn_tools.recalibration.data import BatchSource, num_rows
 from keras_bn_tools.recalibration.passes import (
     Result,
