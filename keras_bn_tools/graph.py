@@ -117,6 +117,7 @@ __all__ = [
     "copy_layer",
     "keyed_batchnorm_layers",
     "layer_keys",
+    "num_inputs",
     "rewrap",
     "statistic_variables",
     "to_numpy",
@@ -184,6 +185,16 @@ def batchnorm_layers(model: keras.Model) -> list[keras.layers.BatchNormalization
     for layer in model.layers:
         visit(layer)
     return found
+
+
+def num_inputs(model: keras.Model) -> int | None:
+    """How many input tensors `model` takes, or None while that is unknown (not built,
+    or a subclassed model that has not been called)."""
+    try:
+        inputs = model.inputs
+    except (AttributeError, ValueError):
+        return None
+    return len(inputs) if inputs else None
 
 
 def layer_keys(layers: Sequence[keras.layers.Layer]) -> list[str]:

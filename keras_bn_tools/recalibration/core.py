@@ -9,7 +9,7 @@ import keras
 import numpy as np
 
 from keras_bn_tools._validation import check_choice, check_positive_int, check_statistic
-from keras_bn_tools.graph import batchnorm_layers, layer_keys
+from keras_bn_tools.graph import batchnorm_layers, layer_keys, num_inputs
 from keras_bn_tools.recalibration.data import BatchSource, num_rows
 from keras_bn_tools.recalibration.passes import (
     Result,
@@ -115,15 +115,16 @@ def recalibrate_batchnorm(
     what inference will see. The data is read once per BN layer (each pass
     stops at its layer).
 
-    `method="single_pass"`: fvcore's precise BN (`update_bn_stats`). The data
-    is run once through `model` in *training* mode (batch statistics in every
-    BN layer, Dropout on), and each layer's statistics become the plain average
-    of its per-batch means and per-batch (biased) variances. Cheaper, but not
-    the population statistics: the average of batch variances misses the
-    variance of the batch means (about `(B - 1) / B` of the population
-    variance for batches of `B` independent samples), a smaller last batch
-    weighs as much as a full one, and each layer's input is computed with the
-    earlier layers' batch statistics rather than their new moving ones.
+    `method="single_pass"`: fvcore's precise BN (`update_bn_stats` with its
+    population-variance estimator). The data is run once through `model` in
+    *training* mode (batch statistics in every BN layer, Dropout on), and each
+    layer's per-batch means and (biased) variances are pooled as one
+    population: every batch weighted by its number of values, the spread of
+    the batch means included. A BN layer that sees the data itself (the
+    model's first layer) gets exactly the population statistics of the data,
+    whatever the batch sizes; a later layer's input is computed with the
+    earlier layers' batch statistics rather than their new moving ones, which
+    is what makes it cheaper than `"exact"` and not identical to it.
 
     Trainable weights and every other layer are left untouched; if anything
     fails, every statistic is restored. A batch whose statistics at a layer
@@ -140,7 +141,10 @@ def recalibrate_batchnorm(
         model: a Keras model with at least one BN layer.
         data: NumPy arrays or tensors (`x`, `(x, y)`, `(x, y, sample_weight)`,
             or a dict of input arrays), sliced into `batch_size` rows; a list
-            of batches (a list is never read as `[x, y]`); a batched
+            of batches (a list is never read as `[x, y]`), except that for a
+            model with `k >= 2` inputs a list of exactly `k` arrays is the
+            inputs `[x1, ..., xk]`, as `fit` reads it (the rule is decided by
+            the model's number of inputs); a batched
             `tf.data.Dataset`, a `keras.utils.PyDataset`, or any iterable of
             batches (`x` or `(x, y[, sample_weight])`); or a `BatchSource`. A
             one-shot iterator or generator is cached in memory for
@@ -188,7 +192,9 @@ def recalibrate_batchnorm(
         )
     keys = dict(zip(map(id, layers), layer_keys(layers), strict=True))
     # RecalibrateBatchNorm passes a BatchSource, so a generator's cache outlives one call.
-    batches = data if isinstance(data, BatchSource) else BatchSource(data, batch_size, num_batches)
+    if not isinstance(data, BatchSource):
+        data = BatchSource(data, batch_size, num_batches, num_inputs=num_inputs(model))
+    batches = data
     first = next(iter(batches), None)
     if first is None or num_rows(first) == 0:
         raise ValueError("`data` yielded no samples: cannot compute population statistics.")

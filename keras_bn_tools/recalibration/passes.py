@@ -17,7 +17,7 @@ import numpy as np
 
 from keras_bn_tools.recalibration.data import BatchSource, num_rows
 from keras_bn_tools.recalibration.statistics import (
-    BatchAverage,
+    PooledBatchMoments,
     PopulationMoments,
     StopForward,
     intercept,
@@ -243,12 +243,12 @@ def train_normalize(layer: keras.layers.Layer, inputs: Any, mask: Any) -> tuple[
 def single_pass(
     model: keras.Model, layers: list[keras.layers.Layer], batches: BatchSource
 ) -> tuple[dict[int, Result | None], list[keras.layers.Layer], int, int]:
-    """Every layer in one training-mode pass; each averages its per-batch statistics.
+    """Every layer in one training-mode pass; each pools its per-batch moments.
 
     Returns (layer id -> result or None when no finite batch, the layers called
     in call order, batches, samples).
     """
-    averages = {id(layer): BatchAverage(layer.axis) for layer in layers}
+    averages = {id(layer): PooledBatchMoments(layer.axis) for layer in layers}
     order: list[keras.layers.Layer] = []
 
     def hook(original, inputs, *args, _layer, _average, **kwargs):

@@ -2,8 +2,9 @@
 
 - `PopulationMoments` (`method="exact"`): the mean and population variance
   (ddof=0) of every value a layer sees, merged batch by batch in float64.
-- `BatchAverage` (`method="single_pass"`): the plain average of the per-batch
-  mean and variance, as fvcore's precise BN computes it, kept on the device.
+- `PooledBatchMoments` (`method="single_pass"`): population statistics pooled
+  from the per-batch moments, each batch weighted by its size, as fvcore's
+  precise BN computes them; the per-batch moments stay on the device.
 
 Both leave out a batch whose statistics are not finite (NaN or inf) and count it.
 """
@@ -18,7 +19,7 @@ from typing import Any
 import keras
 import numpy as np
 
-__all__ = ["BatchAverage", "PopulationMoments", "StopForward", "intercept", "masked_moments"]
+__all__ = ["PooledBatchMoments", "PopulationMoments", "StopForward", "intercept", "masked_moments"]
 
 
 def _float64(tensor: Any) -> np.ndarray:
@@ -108,13 +109,23 @@ class PopulationMoments:
         return self.m2 / self.count
 
 
-class BatchAverage:
-    """The average of per-batch means and variances (fvcore's precise BN).
+class PooledBatchMoments:
+    """Population statistics pooled from per-batch moments (fvcore's precise BN).
 
-    Every batch (every call of the layer) weighs the same, whatever its size,
-    as in fvcore's `update_bn_stats`. The per-batch statistics stay backend
-    tensors until `result()`, so a pass costs no device-to-host copy per
-    batch; a batch whose statistics are not finite is left out and counted.
+    fvcore's `_PopulationVarianceEstimator` (Wu & Johnson, 2021, "Rethinking
+    'Batch' in BatchNorm", appendix): the batches are combined as one
+    population, each weighted by its number of values `n_b`, and the variance
+    includes the spread of the batch means:
+
+        mean = sum_b n_b m_b / N
+        variance = sum_b n_b (v_b + (m_b - mean)^2) / N
+
+    with `m_b`, `v_b` the batch's mean and biased variance (ddof=0, what
+    Keras's BN normalizes with) and `N = sum_b n_b`. When every batch is the
+    raw input, this is exactly the mean and population variance of all the
+    values, whatever the batch sizes. The per-batch statistics stay backend
+    tensors until `result()` (no device-to-host copy per batch), and are pooled
+    in float64; a batch whose statistics are not finite is left out and counted.
     """
 
     def __init__(self, axis: int) -> None:
@@ -127,7 +138,7 @@ class BatchAverage:
         return len(self._batches)
 
     def add(self, mean: Any, variance: Any, count: Any) -> None:
-        """Add one batch's per-feature `mean` and `variance` over `count` values."""
+        """Add one batch's per-feature `mean` and biased `variance` over `count` values."""
         self._batches.append((mean, variance, count))
 
     def result(self) -> tuple[np.ndarray | None, np.ndarray | None, int, int, int]:
@@ -141,13 +152,11 @@ class BatchAverage:
         used, skipped = int(kept.sum()), int((~kept).sum())
         if used == 0:
             return None, None, 0, skipped, 0
-        return (
-            means[kept].mean(axis=0),
-            variances[kept].mean(axis=0),
-            used,
-            skipped,
-            round(float(counts[kept].sum())),
-        )
+        means, variances, counts = means[kept], variances[kept], counts[kept]
+        weights = (counts / counts.sum())[:, None]
+        mean = (weights * means).sum(axis=0)
+        variance = (weights * (variances + np.square(means - mean))).sum(axis=0)
+        return mean, variance, used, skipped, round(float(counts.sum()))
 
 
 class StopForward(Exception):
