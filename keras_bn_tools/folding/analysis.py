@@ -150,9 +150,8 @@ def _push(
     """
     if id(tensor) in graph.output_ids:
         return None, "its output is a model output"
+    # Every tensor of the graph that is not a model output feeds some layer.
     consumers = graph.consumers[id(tensor)]
-    if not consumers:
-        return None, "its output is not used"
     targets: list[tuple[keras.layers.Layer, Pending]] = []
     for node in consumers:
         layer = node.operation

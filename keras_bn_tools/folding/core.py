@@ -30,9 +30,10 @@ def fold_batchnorm(model: keras.Model) -> keras.Model:
     `s = gamma / sqrt(moving_variance + epsilon)`, `t = beta - moving_mean * s`
     along its axis. It is merged, exactly, into:
 
-    - the preceding `Dense`, `Conv1D`/`Conv2D`/`Conv3D`, `DepthwiseConv1D`/`2D`
-      or `SeparableConv1D`/`2D` when that layer has a linear activation, feeds
-      only this BN and has its output channels on the BN axis (placement
+    - the preceding `Dense`, `Conv1D`/`Conv2D`/`Conv3D`, `DepthwiseConv1D`/`2D`,
+      `SeparableConv1D`/`2D` or `Conv1DTranspose`/`Conv2DTranspose`/
+      `Conv3DTranspose` when that layer has a linear activation, feeds only
+      this BN and has its output channels on the BN axis (placement
       "before"): `w' = w * s`, `b' = b * s + t`;
     - otherwise the following layer(s) (placement "after"): a `Dense` whose
       input features are the BN axis (`W' = diag(s) W`, `b' = b + W^T t`), or
@@ -45,7 +46,8 @@ def fold_batchnorm(model: keras.Model) -> keras.Model:
     pooling with a negative scale, feeding several kinds of layers or the
     model output, shared by several calls, ...) becomes a `ChannelAffine`
     layer with the same numbers and the BN's name. `plan_folding(model)`
-    tells which case applies to each BN, and why.
+    tells which case applies to each BN, and why neither side works for a
+    kept one.
 
     Nested Sequential and functional models are folded recursively, each on
     its own: a BN is never merged into a layer on the other side of a nested
