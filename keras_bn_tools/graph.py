@@ -65,43 +65,8 @@ import keras
 import numpy as np
 
 from keras_bn_tools._keras_compat import copy_lambda, graph_input_name, is_functional
-
-
-def is_batchnorm(layer):  # TEMP until layers.interface lands
-    return isinstance(layer, keras.layers.BatchNormalization)
-
-
-class _TempBN:  # TEMP until layers.interface lands
-    def __init__(self, layer):
-        self.layer = layer
-
-    @property
-    def channel_axis(self):
-        return self.layer.axis
-
-    def inference_affine(self):
-        import numpy as np
-
-        l = self.layer
-
-        def f(v):
-            return np.asarray(keras.ops.convert_to_numpy(keras.ops.copy(v)), np.float64)
-
-        mean, var = f(l.moving_mean), f(l.moving_variance)
-        g = f(l.gamma) if l.scale else np.ones_like(mean)
-        b = f(l.beta) if l.center else np.zeros_like(mean)
-        s = g / np.sqrt(var + float(l.epsilon))
-        return s, b - mean * s
-
-    def statistic_variables(self):
-        return {
-            n: getattr(self.layer, n)
-            for n in BN_STATISTICS
-            if isinstance(getattr(self.layer, n, None), keras.Variable)
-        }
-
-
-as_batchnorm = _TempBN
+from keras_bn_tools.layers.interface import as_batchnorm, is_batchnorm
+from keras_bn_tools.ops import to_numpy
 
 __all__ = [
     "BN_STATISTICS",
@@ -120,7 +85,6 @@ __all__ = [
     "num_inputs",
     "rewrap",
     "statistic_variables",
-    "to_numpy",
 ]
 
 #: The per-channel state of a BN layer that trackers and studies record.
@@ -309,15 +273,6 @@ class BatchNormPolicy(Policy):
 # --------------------------------------------------------------------------------------
 # Copying layers
 # --------------------------------------------------------------------------------------
-
-
-def to_numpy(value: Any) -> np.ndarray:
-    """A NumPy copy of a variable or tensor.
-
-    Through a tensor copy: NumPy's conversion of a variable warns (its `__array__`
-    has no `copy` keyword) on TensorFlow and JAX.
-    """
-    return keras.ops.convert_to_numpy(keras.ops.copy(value))
 
 
 def _from_config(layer: Any, config: dict) -> Any:

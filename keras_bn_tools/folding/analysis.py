@@ -27,7 +27,8 @@ from keras_bn_tools.folding.kinds import (
     through,
 )
 from keras_bn_tools.folding.weights import to_numpy64
-from keras_bn_tools.graph import as_batchnorm, batchnorm_of, is_batchnorm
+from keras_bn_tools.graph import batchnorm_of
+from keras_bn_tools.layers.interface import as_batchnorm, is_batchnorm
 
 __all__ = ["FoldDecision", "Graph", "Plan", "analyse"]
 

@@ -6,7 +6,7 @@ import keras
 import numpy as np
 
 from keras_bn_tools.folding.kinds import DEPTHWISE_TYPES, SEPARABLE_TYPES, TRANSPOSED_TYPES
-from keras_bn_tools.graph import to_numpy
+from keras_bn_tools.ops import to_numpy
 
 __all__ = ["folded_weights", "to_numpy64"]
 
