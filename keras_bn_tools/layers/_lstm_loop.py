@@ -21,6 +21,7 @@ from keras import ops
 
 from keras_bn_tools._keras_compat import run_rnn_loop
 from keras_bn_tools.layers._lstm_cell import TERM_WIDTHS, Moments, StepTerms
+from keras_bn_tools.ops import count_values, moments
 
 __all__ = ["BatchStatistics", "MovingStatistics", "SequenceResult", "run_sequence"]
 
@@ -29,26 +30,24 @@ _BASE_STATES = ("h", "c", "output", "step")
 
 
 def masked_moments(values: Any, weights: Any) -> tuple[Moments, Any]:
-    """Per-feature mean and (biased) variance over the batch axis, and where any sample counted.
+    """`keras_bn_tools.ops.moments` over the batch axis, and where any sample counted.
 
     Args:
         values: `(batch, ..., features)`.
         weights: `None`, or 0/1 weights `(batch, ..., 1)` marking the samples that count.
 
     Returns:
-        `(moments, present)`: the moments have the shape of `values` without the batch axis;
-        `present` is 1.0 where at least one sample counted, else 0.0 (and then the mean is 0
-        and the variance 1), with a trailing axis of size 1.
+        `(moments, present)`: the moments (float32 or wider) have the shape of `values`
+        without the batch axis; `present` is 1.0 where at least one sample counted, else 0.0
+        (and then the mean is 0 and the variance 1), with a trailing axis of size 1.
     """
     if weights is None:
-        mean, variance = ops.moments(values, axes=[0])
+        mean, variance = moments(values, axes=[0])
         return Moments(mean, variance), ops.ones_like(mean[..., :1])
-    count = ops.sum(weights, axis=0)
-    denominator = ops.maximum(count, 1.0)
-    mean = ops.sum(values * weights, axis=0) / denominator
-    variance = ops.sum(weights * ops.square(values - mean), axis=0) / denominator
-    present = ops.cast(count > 0, values.dtype)
-    return Moments(mean, ops.where(count > 0, variance, 1.0)), present
+    mask = weights[..., 0]
+    mean, variance = moments(values, axes=[0], mask=mask)
+    present = count_values(values, axes=[0], mask=mask)[..., :1] > 0
+    return Moments(mean, ops.where(present, variance, 1.0)), ops.cast(present, mean.dtype)
 
 
 class SlotAverages(NamedTuple):
@@ -108,15 +107,14 @@ class BatchStatistics:
         self._input_averages: SlotAverages | None = None
 
     def input_moments(self, x_raw: Any, weights: Any, step_slots: Any) -> Moments:
-        moments, present = masked_moments(x_raw, weights)
+        batch, present = masked_moments(x_raw, weights)
         hot = ops.one_hot(step_slots, self.slots, dtype=self.dtype) * ops.cast(present, self.dtype)
         to_slots = ops.transpose(hot)  # (slots, steps)
         sums = [
-            ops.matmul(to_slots, ops.stop_gradient(ops.cast(value, self.dtype)))
-            for value in moments
+            ops.matmul(to_slots, ops.stop_gradient(ops.cast(value, self.dtype))) for value in batch
         ]
         self._input_averages = _slot_averages(*sums, ops.sum(to_slots, axis=1, keepdims=True))
-        return moments
+        return batch
 
     def step_moments(self, term: str, raw: Any, weights: Any, slot: Any) -> Moments:
         return masked_moments(raw, weights)[0]
