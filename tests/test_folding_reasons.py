@@ -244,3 +244,34 @@ def test_transposed_convolution_then_bn_folds_exactly(kind, shape, data_format, 
         rtol=1e-5,
         atol=1e-5,
     )
+
+
+def test_a_frozen_bn_folds_like_a_bn():
+    from keras_bn_tools.layers import FrozenBatchNormalization
+
+    rng = np.random.default_rng(5)
+    x = keras.Input((6, 6, 3))
+    h = layers.Conv2D(4, 3, name="c")(x)
+    h = layers.ReLU()(FrozenBatchNormalization(name="f1")(h))
+    h = FrozenBatchNormalization(name="f2")(layers.Flatten()(h))  # no linear layer behind
+    model = _model(x, layers.Dense(2, name="d")(h))
+    for name in ("f1", "f2"):
+        layer = model.get_layer(name)
+        size = layer.moving_mean.shape
+        layer.moving_mean.assign(rng.normal(size=size))
+        layer.moving_variance.assign(rng.uniform(0.5, 2.0, size=size))
+        layer.gamma.assign(rng.normal(size=size))
+    assert [layer.name for layer in batchnorm_layers(model)] == ["f1", "f2"]
+    assert [(d.layer, d.action, d.into) for d in plan_folding(model)] == [
+        ("f1", "into_previous", ("c",)),
+        ("f2", "into_next", ("d",)),
+    ]
+    folded = fold_batchnorm(model)
+    assert not batchnorm_layers(folded)
+    data = rng.normal(size=(2, 6, 6, 3)).astype("float32")
+    np.testing.assert_allclose(
+        keras.ops.convert_to_numpy(folded(data)),
+        keras.ops.convert_to_numpy(model(data, training=True)),  # frozen: training changes nothing
+        rtol=1e-5,
+        atol=1e-5,
+    )

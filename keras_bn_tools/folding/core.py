@@ -60,11 +60,13 @@ def fold_batchnorm(model: keras.Model) -> keras.Model:
     the matching axis of the wrapper's input (exact, not merged further); a
     BN inside any other wrapper raises `ValueError`.
 
-    Both `keras.layers.BatchNormalization` and its subclasses (such as
-    `keras_bn_tools.layers.MomentumBatchNormalization`) are folded; each BN's
-    inference output is checked against the affine map read from its weights,
-    and a layer whose inference is not that map raises rather than being
-    folded wrongly.
+    `keras.layers.BatchNormalization`, its subclasses (such as
+    `keras_bn_tools.layers.MomentumBatchNormalization`) and the layers that
+    implement the BN interface (such as
+    `keras_bn_tools.layers.FrozenBatchNormalization`) are folded; each BN's
+    inference output is checked against the affine map read from it, and a
+    layer whose inference is not that map raises rather than being folded
+    wrongly.
 
     Args:
         model: a built `keras.Sequential` or functional `keras.Model`.

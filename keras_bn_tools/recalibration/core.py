@@ -185,18 +185,50 @@ def recalibrate_batchnorm(
         order, calls = call_order(model, layers, first) if method == "exact" else (layers, {})
     except (ValueError, TypeError) as error:
         raise misfit(model, error) from error
-    backup = _backup(model, layers)
-    old = {
-        id(layer): tuple(np.asarray(v, np.float64) for v in as_batchnorm(layer).moving_statistics())
-        for layer in layers
-    }
-    report = RecalibrationReport()
-    report.method = method
+    writer = _Writer(model, layers, keys, method)
+    try:
+        if method == "exact":
+            seen = exact_pass(model, order, calls, batches, writer.commit)
+        else:
+            results, order, *seen = single_pass(model, layers, batches)
+            # The training-mode pass touched the state of the layers it ran
+            # (Dropout's seeds, non-plain BN); plain BN layers were not updated.
+            untouched = {id(v) for layer in layers if is_plain(layer) for v in layer.variables}
+            _restore([(v, value) for v, value in writer.backup if id(v) not in untouched])
+            for layer in order:
+                writer.commit(layer, results[id(layer)])
+    except BaseException:
+        _restore(writer.backup)
+        raise
+    report = writer.report
+    report.num_batches, report.num_samples = seen
+    report.num_skipped_batches = max(item["skipped_batches"] for item in report.values())
+    _warn(model, report, [keys[id(layer)] for layer in layers if keys[id(layer)] not in report])
+    return report
 
-    def commit(layer: keras.layers.Layer, result: Result | None) -> None:
+
+class _Writer:
+    """Writes each layer's new statistics and its report entry; keeps the backup."""
+
+    def __init__(
+        self, model: keras.Model, layers: list[keras.layers.Layer], keys: dict, method: str
+    ) -> None:
+        self.keys = keys
+        self.backup = _backup(model, layers)
+        self.old = {
+            id(layer): tuple(
+                np.asarray(v, np.float64) for v in as_batchnorm(layer).moving_statistics()
+            )
+            for layer in layers
+        }
+        self.report = RecalibrationReport()
+        self.report.method = method
+
+    def commit(self, layer: keras.layers.Layer, result: Result | None) -> None:
+        key = self.keys[id(layer)]
         if result is None:
             raise ValueError(
-                f"`data` gave BN layer {keys[id(layer)]!r} no finite, unmasked values: cannot "
+                f"`data` gave BN layer {key!r} no finite, unmasked values: cannot "
                 "compute its statistics (is there a NaN or an infinity in every batch?)."
             )
         mean, variance, values, skipped_batches, used_batches = result
@@ -204,33 +236,14 @@ def recalibrate_batchnorm(
         # The statistics stand for `used_batches` batches: a cumulative average
         # (MomentumBatchNormalization(momentum=None)) continues from them.
         bn.set_moving_statistics(mean, variance, count=used_batches)
-        report[keys[id(layer)]] = shift_entry(
-            *old[id(layer)],
+        self.report[key] = shift_entry(
+            *self.old[id(layer)],
             mean,
             variance,
             epsilon=bn.epsilon,
             num_values=values,
             skipped_batches=skipped_batches,
         )
-
-    try:
-        if method == "exact":
-            seen = exact_pass(model, order, calls, batches, commit)
-        else:
-            results, order, *seen = single_pass(model, layers, batches)
-            # The training-mode pass touched the state of the layers it ran
-            # (Dropout's seeds, non-plain BN); plain BN layers were not updated.
-            untouched = {id(v) for layer in layers if is_plain(layer) for v in layer.variables}
-            _restore([(v, value) for v, value in backup if id(v) not in untouched])
-            for layer in order:
-                commit(layer, results[id(layer)])
-    except BaseException:
-        _restore(backup)
-        raise
-    report.num_batches, report.num_samples = seen
-    report.num_skipped_batches = max(item["skipped_batches"] for item in report.values())
-    _warn(model, report, [keys[id(layer)] for layer in layers if keys[id(layer)] not in report])
-    return report
 
 
 def _warn(model: keras.Model, report: RecalibrationReport, uncalled: list[str]) -> None:
