@@ -1,14 +1,16 @@
 """The `keras-bn-tools` command (also `python -m keras_bn_tools`).
 
 - `keras-bn-tools PROTOCOL [options]`: run a built-in study (`studies.registry.BUILTIN`).
-- `keras-bn-tools study MODULE:ATTR [options]`: run the user's `Protocol`
-  (`MODULE` is imported with the current directory on the path).
-- `keras-bn-tools summary [PROTOCOL] [--configs ...]`: print each config's model.
+- `keras-bn-tools study MODULE:ATTR|FILE.py:ATTR [options]`: run the user's
+  `Protocol` (`_cli_protocols` says how each is found).
+- `keras-bn-tools summary [WHAT] [--configs ...]`: a saved study's table, or each
+  config's model of a protocol (built-in, `MODULE:ATTR` or `FILE.py:ATTR`).
 
 Each study prints its table and writes `results.json`, `results.csv` (one row
-per run per epoch), `runs.csv` (one row per run), `table.md`, `accuracy.png`
-and `loss.png` under `--out`. Every option is checked before any work: bad
-input prints one line naming the option and exits with status 2. Results are
+per run per epoch), `runs.csv` (one row per run), `table.md`, `METRIC.png`
+(`accuracy.png`, `mae.png`, ...) and `loss.png` under `--out`. Every option is
+checked before any work: bad input prints one line naming the option and exits
+with status 2. Results are
 written to a hidden staging directory next to `--out` and moved into place
 only when everything is written; SIGINT, SIGTERM and SIGHUP remove the
 staging directory, so a stopped run leaves `--out`'s results as they were. Each
@@ -20,7 +22,6 @@ finishes an interrupted study (`_cli_scaling`: `--jobs`, `--cluster`,
 from __future__ import annotations
 
 import argparse
-import importlib
 import os
 import signal
 import sys
@@ -37,6 +38,7 @@ from keras_bn_tools._cli_output import (
     remove_staging,
     stop_on_signals,
 )
+from keras_bn_tools._cli_protocols import builtin_protocol, saved_study, user_protocol
 from keras_bn_tools._cli_scaling import add_scaling_options, check_scaling, prepare_out, scaled
 from keras_bn_tools._validation import MAX_SEED, check_int_in_range
 from keras_bn_tools.studies.engines import ENGINES
@@ -146,10 +148,10 @@ def _add_output_options(parser: argparse.ArgumentParser) -> None:
 
 def _protocol_epilog(name: str) -> str | None:
     try:
-        protocol = _builtin(name)
+        protocol = builtin_protocol(name)
     except UsageError:
         return None
-    configs = "; ".join(f"{c}: {d}" for c, d in protocol.configs.items())
+    configs = "; ".join(f"{c}: {protocol.config(c).description}" for c in protocol.configs)
     return f"{protocol.description} Configs: {configs}."
 
 
@@ -172,51 +174,29 @@ def _build_parser(argv: Sequence[str]) -> argparse.ArgumentParser:
         _add_study_options(sub)
         sub.set_defaults(protocol=name)
     study = commands.add_parser(
-        "study", help="run your own Protocol: keras-bn-tools study MODULE:ATTR",
+        "study", help="run your own Protocol: keras-bn-tools study MODULE:ATTR|FILE.py:ATTR",
         description="Run a keras_bn_tools.studies.Protocol of yours, named MODULE:ATTR "
-        "(MODULE is imported with the current directory on the path).",
+        "(MODULE is imported with the current directory on the path) or FILE.py:ATTR "
+        "(the file is run with its directory on the path).",
     )  # fmt: skip
-    study.add_argument("protocol", metavar="MODULE:ATTR", help="e.g. my_study:PROTOCOL")
+    study.add_argument("protocol", metavar="MODULE:ATTR",
+                       help="e.g. my_study:PROTOCOL or path/to/my_study.py:PROTOCOL")  # fmt: skip
     _add_study_options(study)
-    summary = commands.add_parser("summary", help="print the model of each config")
-    summary.add_argument("protocol", nargs="?", default="circles", choices=list(BUILTIN),
-                         help="built-in protocol (default: circles)")  # fmt: skip
+    summary = commands.add_parser(
+        "summary", help="print a saved study's table, or the model of each config",
+        description="A saved study (a results directory or its results.json): print its "
+        "table. A protocol (built-in, MODULE:ATTR or FILE.py:ATTR): print each config's model.",
+    )  # fmt: skip
+    summary.add_argument("protocol", nargs="?", default="circles", metavar="WHAT",
+                         help="a saved study, a built-in protocol "
+                         f"({', '.join(BUILTIN)}), MODULE:ATTR or FILE.py:ATTR "
+                         "(default: circles)")  # fmt: skip
     summary.add_argument("--configs", nargs="+", metavar="NAME", help="configs (default: all)")
     summary.set_defaults(handler=_run_summary)
     return parser
 
 
 # --------------------------------------------------------------------------- checks
-
-
-def _builtin(name: str):
-    from keras_bn_tools.studies import PROTOCOLS
-
-    try:
-        return PROTOCOLS[name]
-    except ModuleNotFoundError as error:
-        raise UsageError(f"the {name} protocol is not available here ({error})") from None
-
-
-def _user_protocol(spec: str):
-    from keras_bn_tools.studies import Protocol
-
-    module_name, _, attr = spec.partition(":")
-    if not module_name or not attr:
-        raise UsageError(f"MODULE:ATTR: expected e.g. my_study:PROTOCOL, got {spec!r}")
-    if "" not in sys.path and os.getcwd() not in sys.path:
-        sys.path.insert(0, os.getcwd())  # as `python -m` would
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as error:
-        raise UsageError(f"MODULE:ATTR: cannot import {module_name!r}: {error}") from None
-    protocol = getattr(module, attr, None)
-    if not isinstance(protocol, Protocol):
-        raise UsageError(
-            f"MODULE:ATTR: {spec!r} must name a keras_bn_tools.studies.Protocol, got "
-            f"{type(protocol).__name__}"
-        )
-    return protocol
 
 
 def _configs(protocol, names: Sequence[str] | None) -> list[str] | None:
@@ -253,7 +233,7 @@ def _write(result: Any, staging: Path, moving_stats: bool) -> str:
     result.to_csv(staging / "results.csv", per="epoch")
     result.to_csv(staging / "runs.csv", per="run")
     (staging / "table.md").write_text(table + "\n", encoding="utf-8")
-    result.plot(staging / "accuracy.png", metrics=("accuracy", "val_accuracy"))
+    result.plot(staging / f"{result.metric}.png")  # accuracy.png, mae.png, ...
     result.plot(staging / "loss.png", metrics=("loss", "val_loss"))
     if moving_stats and (arrays := result.moving_stats_arrays()):
         import numpy as np
@@ -272,7 +252,7 @@ def _run_study(args: argparse.Namespace) -> int:
             f"go past {MAX_SEED} (2**32 - 1)"
         )
     user = args.command == "study"
-    protocol = _user_protocol(args.protocol) if user else _builtin(args.protocol)
+    protocol = user_protocol(args.protocol) if user else builtin_protocol(args.protocol)
     configs = _configs(protocol, args.configs)
     out = Path(args.out if args.out is not None else f"{protocol.name}_results")
     anchor = check_out(out, args.overwrite, args.resume)
@@ -311,9 +291,24 @@ def _run_study(args: argparse.Namespace) -> int:
 
 
 def _run_summary(args: argparse.Namespace) -> int:
-    protocol = _builtin(args.protocol)
+    study = saved_study(args.protocol)
+    if study is not None:
+        if args.configs is not None:
+            raise UsageError("--configs: a saved study's table shows every config it ran")
+        print(study.table())
+        return EXIT_OK
+    if args.protocol in BUILTIN:
+        protocol = builtin_protocol(args.protocol)
+    elif ":" in args.protocol:
+        protocol = user_protocol(args.protocol)
+    else:
+        raise UsageError(
+            f"WHAT: {args.protocol!r} is neither a saved study (a directory with results.json, "
+            f"or the file), a built-in protocol ({', '.join(BUILTIN)}), MODULE:ATTR nor "
+            f"FILE.py:ATTR"
+        )
     for name in _configs(protocol, args.configs) or list(protocol.configs):
-        print(f"{name}: {protocol.configs[name]}")
+        print(f"{name}: {protocol.config(name).description}")
         protocol.build(name).summary(print_fn=lambda line, *_, **__: print(line))
         print()
     return EXIT_OK

@@ -127,7 +127,7 @@ class UnitContext:
         protocol: a built-in protocol's name, or the `Protocol` itself.
         engine: the `Engine` that runs the units.
         data: the study's `StudyData`.
-        settings: the study's `RunSettings`.
+        settings: config name -> the `RunSettings` of its runs.
         options: the engine's keyword options.
         backend: the Keras backend the study runs on.
         store: a `RunStore` to save each run in as it finishes, or None.
@@ -217,18 +217,19 @@ def run_unit(context: UnitContext, unit: Unit,
     found = {}
     if context.store is not None:
         found = {seed: run for (_, seed), run in context.store.load_many(
-            [(unit.config, s) for s in unit.keep], protocol).items()}  # fmt: skip
+            [(unit.config, s) for s in unit.keep]).items()}  # fmt: skip
     wanted = [s for s in unit.keep if s not in found]
     seeds = list(unit.seeds) if context.whole_units else wanted
     runs = []
     if wanted:
+        settings = context.settings[unit.config]
         runner = context.engine.run_seeds(protocol, unit.config, seeds, data=context.data,
-                                          settings=context.settings, **context.options)  # fmt: skip
+                                          settings=settings, **context.options)  # fmt: skip
         for run in runner:
             if run.seed not in wanted:
                 continue
             if context.store is not None:
-                context.store.save(run, protocol)
+                context.store.save(run)
             found[run.seed] = run
     for seed in unit.keep:
         if on_run is not None:

@@ -15,8 +15,10 @@ only the others. This module is that folder:
 - **Fingerprinted.** Each file holds the fingerprint of what defines its run:
   the protocol's name and fields (callables by qualified name, the optimizer
   by its config, the data by a digest of its arrays), the config and its
-  settings, the seed, epochs, batch size, data order, engine, backend and the
-  keras-bn-tools and Keras versions. `runs/study.json` holds the part shared by
+  settings (the overrides of its `Config`, and the epochs, batch size, data
+  order and optimizer its runs train with), the seed, the study's epochs,
+  batch size and data order, the engine, backend and the keras-bn-tools and
+  Keras versions. `runs/study.json` holds the part shared by
   every run. A folder whose fingerprint differs from the study being resumed is
   refused with a `StudyMismatchError` naming every field that differs.
 - **Exact.** Arrays are stored as their raw bytes (base64), floats as their
@@ -51,6 +53,7 @@ __all__ = [
     "CorruptRunFileError",
     "RunStore",
     "StudyMismatchError",
+    "config_fingerprint",
     "describe",
     "differences",
     "run_fingerprint",
@@ -177,14 +180,21 @@ def study_fingerprint(
     }
 
 
-def run_fingerprint(study: Mapping[str, Any], protocol: Protocol, config: str,
+def config_fingerprint(protocol: Protocol, config: str, settings: Any) -> dict[str, Any]:
+    """What defines a config's runs: its name, its entry in `protocol.configs` (a
+    description, or a `Config` with its overrides), and the settings its runs train
+    with (`settings`, a `RunSettings`: epochs, batch size, data order, optimizer)."""
+    effective = {f.name: describe(getattr(settings, f.name))
+                 for f in dataclasses.fields(settings) if f.name != "optimizer"}  # fmt: skip
+    effective["optimizer"] = describe(settings.make_optimizer(protocol))
+    return {"name": config, "settings": describe(protocol.configs[config]),
+            "effective": effective}  # fmt: skip
+
+
+def run_fingerprint(study: Mapping[str, Any], config: Mapping[str, Any],
                     seed: int) -> dict[str, Any]:  # fmt: skip
-    """The fingerprint of one run: the study's, its config (name and settings), its seed."""
-    return {
-        "study": dict(study),
-        "config": {"name": config, "settings": describe(protocol.configs[config])},
-        "seed": int(seed),
-    }
+    """The fingerprint of one run: the study's, its config's (`config_fingerprint`), its seed."""
+    return {"study": dict(study), "config": dict(config), "seed": int(seed)}
 
 
 def differences(saved: Any, now: Any, prefix: str = "") -> list[str]:
@@ -324,18 +334,25 @@ class RunStore:
     Args:
         out: the study's `out` directory (`runs/` is made inside it).
         study: the study's fingerprint (`study_fingerprint`).
+        configs: config name -> its fingerprint (`config_fingerprint`).
 
     Workers make their own `RunStore(out, study)` to save runs; the process
     that runs the study calls `open` first, which checks the folder.
     """
 
-    def __init__(self, out: str | os.PathLike, study: Mapping[str, Any]):
+    def __init__(self, out: str | os.PathLike, study: Mapping[str, Any],
+                 configs: Mapping[str, Any] | None = None):  # fmt: skip
         self.out = Path(out)
         self.directory = self.out / RUNS_DIR
         self.study = dict(study)
+        self.configs = dict(configs or {})
 
-    def __reduce__(self):  # workers get the paths and the fingerprint, nothing else
-        return (RunStore, (os.fspath(self.out), self.study))
+    def __reduce__(self):  # workers get the paths and the fingerprints, nothing else
+        return (RunStore, (os.fspath(self.out), self.study, self.configs))
+
+    def fingerprint(self, config: str, seed: int) -> dict[str, Any]:
+        """The fingerprint of the run of `config` and `seed` in this study."""
+        return run_fingerprint(self.study, self.configs[config], seed)
 
     # -------------------------------------------------------------- paths
 
@@ -411,15 +428,14 @@ class RunStore:
 
     # -------------------------------------------------------------- runs
 
-    def save(self, run: RunResult, protocol: Protocol) -> Path:
+    def save(self, run: RunResult) -> Path:
         """Write `run` (crash-safe) with its fingerprint; return its path."""
         path = self.path(run.config, run.seed)
         path.parent.mkdir(parents=True, exist_ok=True)
-        fingerprint = run_fingerprint(self.study, protocol, run.config, run.seed)
-        atomic_write_bytes(path, encode_run(run, fingerprint))
+        atomic_write_bytes(path, encode_run(run, self.fingerprint(run.config, run.seed)))
         return path
 
-    def load(self, config: str, seed: int, protocol: Protocol) -> RunResult | None:
+    def load(self, config: str, seed: int) -> RunResult | None:
         """The saved run of `config` and `seed`, or None if it is not saved.
 
         Raises:
@@ -432,7 +448,7 @@ class RunStore:
         except FileNotFoundError:
             return None
         run, fingerprint = decode_run(data, path)
-        diff = differences(fingerprint, run_fingerprint(self.study, protocol, config, seed))
+        diff = differences(fingerprint, self.fingerprint(config, seed))
         if diff or (run.config, run.seed) != (config, seed):
             raise StudyMismatchError(
                 f"run file {str(path)!r} is not this study's run of config {config!r}, seed "
@@ -442,12 +458,11 @@ class RunStore:
             )
         return run
 
-    def load_many(self, keys: Iterable[tuple[str, int]], protocol: Protocol
-                  ) -> dict[tuple[str, int], RunResult]:  # fmt: skip
+    def load_many(self, keys: Iterable[tuple[str, int]]) -> dict[tuple[str, int], RunResult]:
         """The saved runs among `keys` (each checked as `load` does)."""
         found = {}
         for config, seed in keys:
-            run = self.load(config, seed, protocol)
+            run = self.load(config, seed)
             if run is not None:
                 found[(config, seed)] = run
         return found

@@ -208,13 +208,19 @@ def test_an_out_with_finished_runs_needs_resume(tmp_path):
         _blobs_study(tmp_path, seeds=[0])
 
 
+def _faster_adam():
+    import keras
+
+    return keras.optimizers.Adam(learning_rate=0.05)
+
+
 @pytest.mark.parametrize(
     ("change", "named"),
     [
         ({"protocol": dataclasses.replace(BLOBS, target=0.7)},
          r"protocol\.target: saved 0\.6, now 0\.7"),
-        ({"protocol": dataclasses.replace(BLOBS, loss="categorical_hinge")},
-         r"protocol\.loss: saved 'sparse_categorical_crossentropy', now 'categorical_hinge'"),
+        ({"protocol": dataclasses.replace(BLOBS, optimizer=_faster_adam)},
+         r"protocol\.optimizer\.config\.learning_rate: saved 0\.0199\d*, now 0\.0500\d*"),
         ({"epochs": 3}, r"epochs: saved 2, now 3"),
         ({"shuffle": "once"}, r"shuffle: saved 'epoch', now 'once'"),
     ],
@@ -230,6 +236,20 @@ def test_resume_refuses_a_run_file_of_another_config_settings(tmp_path):
     other = dataclasses.replace(BLOBS, configs={"plain": "no BN", "bn": "BN, described anew"})
     with pytest.raises(StudyMismatchError, match=r"seed-0\.json.*config\.settings"):
         _blobs_study(tmp_path, seeds=[0], resume=True, protocol=other)
+
+
+def test_resume_refuses_a_config_whose_training_settings_changed(tmp_path):
+    from keras_bn_tools.studies.protocol import Config
+
+    def smaller_batches(batch_size):
+        configs = {"plain": "no BN", "bn": Config("BN before the ReLU", batch_size=batch_size)}
+        return dataclasses.replace(BLOBS, configs=configs)
+
+    run_study(smaller_batches(16), ["bn"], [0], engine="fit", epochs=1, out=tmp_path)
+    named = r"config\.effective\.batch_size: saved 16, now 20"
+    with pytest.raises(StudyMismatchError, match=named):
+        run_study(smaller_batches(20), ["bn"], [0], engine="fit", epochs=1, out=tmp_path,
+                  resume=True)  # fmt: skip
 
 
 def test_resume_names_a_corrupt_run_file_and_trains_nothing(tmp_path):
@@ -280,9 +300,12 @@ def test_an_out_that_is_a_file_is_refused(tmp_path):
 def test_the_store_pickles_as_paths_and_fingerprint(tmp_path):
     import pickle
 
-    store = RunStore(tmp_path, {"epochs": 2})
+    store = RunStore(tmp_path, {"epochs": 2}, {"bn": {"name": "bn"}})
     back = pickle.loads(pickle.dumps(store))
-    assert (back.directory, back.study) == (store.directory, store.study)
+    assert (back.directory, back.study, back.configs) == (store.directory, store.study,
+                                                          store.configs)  # fmt: skip
+    assert back.fingerprint("bn", 3) == {"study": {"epochs": 2}, "config": {"name": "bn"},
+                                         "seed": 3}  # fmt: skip
     assert store_module.RUNS_DIR == "runs" and store.path("a/b", 3).name == "seed-3.json"
     assert store.path("a/b", 3).parent.name == "a%2Fb"  # a config name is never a path
     assert RunStore.key(store.path("a/b", 3)) == ("a/b", 3)
