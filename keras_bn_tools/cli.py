@@ -1,4 +1,4 @@
-"""The `keras-bn-tools` command (also `python -m keras_bn_tools`).
+"""What the `keras-bn-tools` command runs, once `keras_bn_tools_cli` parsed its arguments.
 
 - `keras-bn-tools circles|digits|sequence [options]`: run a built-in study.
 - `keras-bn-tools study MODULE:ATTR [options]`: run the user's `Protocol`
@@ -12,6 +12,10 @@ input prints one line naming the option and exits with status 2. Results are
 written to a hidden staging directory next to `--out` and moved into place
 only when everything is written; SIGINT, SIGTERM and SIGHUP remove the
 staging directory, so a stopped run leaves `--out` as it was.
+
+The argument parser lives in the top-level module `keras_bn_tools_cli` (the
+console script's entry point), which imports this module, and with it Keras,
+only after the arguments parsed: `--help` does not wait for a backend to load.
 """
 
 from __future__ import annotations
@@ -24,17 +28,16 @@ import shutil
 import signal
 import sys
 import tempfile
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from keras_bn_tools._validation import MAX_SEED, check_int_in_range
+from keras_bn_tools._validation import MAX_SEED
 
-__all__ = ["main"]
+__all__ = ["UsageError", "protocol_epilog", "run"]
 
 PROG = "keras-bn-tools"
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
-BUILTIN = ("circles", "digits", "sequence")
 OUTPUTS = ("results.json", "results.csv", "runs.csv", "table.md", "accuracy.png", "loss.png")
 
 
@@ -48,137 +51,6 @@ class Stopped(BaseException):
     def __init__(self, signum: int):
         super().__init__(signum)
         self.signum = signum
-
-
-def _int_option(minimum: int, maximum: int | None = None) -> Callable[[str], int]:
-    """An argparse `type`: an integer in `[minimum, maximum]`, via `_validation`."""
-
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-        try:
-            return check_int_in_range("value", value, minimum=minimum, maximum=maximum)
-        except ValueError:
-            high = "" if maximum is None else f" and <= {maximum}"
-            raise argparse.ArgumentTypeError(
-                f"expected an integer >= {minimum}{high}, got {text}"
-            ) from None
-
-    return parse
-
-
-# --------------------------------------------------------------------------- parser
-
-
-def _add_study_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--configs",
-        nargs="+",
-        metavar="NAME",
-        help="configs to run, or 'all' (default: the protocol's defaults)",
-    )
-    parser.add_argument(
-        "--seeds",
-        type=_int_option(1, MAX_SEED + 1),
-        default=10,
-        metavar="N",
-        help="seeds per config: FIRST..FIRST+N-1 (default: 10)",
-    )
-    parser.add_argument(
-        "--first-seed",
-        type=_int_option(0, MAX_SEED),
-        default=0,
-        metavar="FIRST",
-        help="first seed (default: 0)",
-    )
-    parser.add_argument(
-        "--epochs",
-        type=_int_option(1, 10**6),
-        metavar="E",
-        help="epochs per run (default: the protocol's)",
-    )
-    parser.add_argument(
-        "--batch-size",
-        type=_int_option(1, 10**8),
-        metavar="B",
-        help="batch size (default: the protocol's)",
-    )
-    parser.add_argument(
-        "--engine",
-        choices=["auto", "compiled", "fit"],
-        default="auto",
-        help="'auto' (default): the compiled engine on TensorFlow and JAX, "
-        "'fit' elsewhere; 'compiled': each run compiled whole; 'fit': model.fit",
-    )
-    parser.add_argument(
-        "--shuffle",
-        choices=["epoch", "once", "none"],
-        default="epoch",
-        help="'epoch' (default): a fresh order of the training rows every "
-        "epoch (the tutorial's); 'once': one order reused every epoch; 'none'",
-    )
-    parser.add_argument(
-        "--out",
-        metavar="DIR",
-        help="results directory (default: ./PROTOCOL_results); created, or "
-        "replaced as a whole with --overwrite",
-    )
-    parser.add_argument(
-        "--overwrite",
-        action="store_true",
-        help="replace an existing results directory (one with results.json)",
-    )
-    parser.add_argument(
-        "--moving-stats",
-        action="store_true",
-        help="also write moving_stats.npz: every BN statistic after every epoch",
-    )
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
-    parser.set_defaults(handler=_run_study)  # fmt: skip
-
-
-def _protocol_epilog(name: str) -> str | None:
-    try:
-        protocol = _builtin(name)
-    except UsageError:
-        return None
-    configs = "; ".join(f"{c}: {d}" for c, d in protocol.configs.items())
-    return f"{protocol.description} Configs: {configs}."
-
-
-def _build_parser(argv: Sequence[str]) -> argparse.ArgumentParser:
-    from keras_bn_tools import __version__
-
-    parser = argparse.ArgumentParser(
-        prog=PROG, description="Batch normalization tools for Keras 3: reproducible BN studies."
-    )
-    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
-    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
-    commands.required = True
-    for name in BUILTIN:
-        # Only the protocol being run is imported (for its --help): --help stays fast.
-        epilog = _protocol_epilog(name) if argv[:1] == [name] else None
-        what = f"Run the {name} study: each config once per seed; print the table; write files."
-        sub = commands.add_parser(
-            name, help=f"run the {name} study", epilog=epilog, description=what
-        )
-        _add_study_options(sub)
-        sub.set_defaults(protocol=name)
-    study = commands.add_parser(
-        "study", help="run your own Protocol: keras-bn-tools study MODULE:ATTR",
-        description="Run a keras_bn_tools.studies.Protocol of yours, named MODULE:ATTR "
-        "(MODULE is imported with the current directory on the path).",
-    )  # fmt: skip
-    study.add_argument("protocol", metavar="MODULE:ATTR", help="e.g. my_study:PROTOCOL")
-    _add_study_options(study)
-    summary = commands.add_parser("summary", help="print the model of each config")
-    summary.add_argument("protocol", nargs="?", default="circles", choices=BUILTIN,
-                         help="built-in protocol (default: circles)")  # fmt: skip
-    summary.add_argument("--configs", nargs="+", metavar="NAME", help="configs (default: all)")
-    summary.set_defaults(handler=_run_summary)
-    return parser
 
 
 # --------------------------------------------------------------------------- checks
@@ -404,18 +276,27 @@ def _run_summary(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Run the command line with `argv` (default `sys.argv[1:]`); return the exit status."""
-    argv = list(sys.argv[1:] if argv is None else argv)
-    parser = _build_parser(argv)
+def protocol_epilog(name: str) -> str | None:
+    """The `--help` epilog of a built-in protocol: its description and configs."""
     try:
-        args = parser.parse_args(argv)
-    except SystemExit as exit_:  # --help, --version and argparse's usage errors
-        return int(exit_.code) if isinstance(exit_.code, int) else EXIT_USAGE
+        protocol = _builtin(name)
+    except UsageError:
+        return None
+    configs = "; ".join(f"{c}: {d}" for c, d in protocol.configs.items())
+    return f"{protocol.description} Configs: {configs}."
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run the command that `keras_bn_tools_cli` parsed into `args`; return the exit status.
+
+    Bad input found here prints one line and returns 2; SIGINT, SIGTERM and SIGHUP
+    leave `--out` as it was. The command line itself is `keras_bn_tools_cli.main`.
+    """
+    handler = _run_summary if args.command == "summary" else _run_study
     where = f"{PROG} {args.command}"
     try:
         with _stop_on_signals():
-            return args.handler(args)
+            return handler(args)
     except UsageError as error:
         print(f"{where}: error: {error}", file=sys.stderr)
         return EXIT_USAGE
@@ -430,7 +311,3 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         print(f"{where}: error: {type(error).__name__}: {error}", file=sys.stderr)
         return EXIT_FAILURE
-
-
-if __name__ == "__main__":
-    sys.exit(main())
