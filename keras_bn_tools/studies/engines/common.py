@@ -3,7 +3,7 @@ seed, the loss and accuracy of a protocol, and which variables are "the BN stati
 
 The BN statistics are found exactly as `keras_bn_tools.callbacks.MovingStatsTracker`
 finds them: `batchnorm_layers`, keyed by `layer_keys`, read through
-`statistic_variables` (`keras_bn_tools._model_utils`).
+`statistic_variables` (`keras_bn_tools.graph`).
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from keras_bn_tools._model_utils import batchnorm_layers, layer_keys, statistic_variables
+from keras_bn_tools.graph import batchnorm_layers, layer_keys, statistic_variables
 from keras_bn_tools.studies.protocol import Protocol, training_orders
 
 #: The names of `RunResult.final`, in the order the compiled engines return them.
