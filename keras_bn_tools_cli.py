@@ -28,12 +28,15 @@ import tempfile
 from collections.abc import Callable, Sequence
 from types import ModuleType
 
-__all__ = ["BUILTIN", "main"]
+__all__ = ["BUILTIN", "ENGINES", "main"]
 
 PROG = "keras-bn-tools"
 EXIT_USAGE = 2
-#: The built-in protocols (`keras_bn_tools.studies.PROTOCOLS`; a test keeps them equal).
+#: `keras_bn_tools.studies.registry.BUILTIN`'s names and
+#: `keras_bn_tools.studies.engines.ENGINES`, which the parser cannot import without
+#: importing Keras (tests/test_cli.py keeps them equal).
 BUILTIN = ("circles", "digits", "sequence")
+ENGINES = ("auto", "compiled", "fit")
 #: `keras_bn_tools._validation.MAX_SEED` (a test keeps them equal).
 MAX_SEED = 2**32 - 1
 
@@ -107,7 +110,7 @@ def _add_study_options(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--engine",
-        choices=["auto", "compiled", "fit"],
+        choices=list(ENGINES),
         default="auto",
         help="'auto' (default): the compiled engine on TensorFlow and JAX, "
         "'fit' elsewhere; 'compiled': each run compiled whole; 'fit': model.fit",
@@ -119,6 +122,10 @@ def _add_study_options(parser: argparse.ArgumentParser) -> None:
         help="'epoch' (default): a fresh order of the training rows every "
         "epoch (the tutorial's); 'once': one order reused every epoch; 'none'",
     )
+    _add_output_options(parser)
+
+
+def _add_output_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--out",
         metavar="DIR",
@@ -169,7 +176,7 @@ def _build_parser(argv: Sequence[str]) -> argparse.ArgumentParser:
     study.add_argument("protocol", metavar="MODULE:ATTR", help="e.g. my_study:PROTOCOL")
     _add_study_options(study)
     summary = commands.add_parser("summary", help="print the model of each config")
-    summary.add_argument("protocol", nargs="?", default="circles", choices=BUILTIN,
+    summary.add_argument("protocol", nargs="?", default="circles", choices=list(BUILTIN),
                          help="built-in protocol (default: circles)")  # fmt: skip
     summary.add_argument("--configs", nargs="+", metavar="NAME", help="configs (default: all)")
     return parser

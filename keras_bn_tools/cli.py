@@ -1,14 +1,15 @@
 """What the `keras-bn-tools` command runs, once `keras_bn_tools_cli` parsed its arguments.
 
-- `keras-bn-tools circles|digits|sequence [options]`: run a built-in study.
+- `keras-bn-tools PROTOCOL [options]`: run a built-in study (`studies.registry.BUILTIN`).
 - `keras-bn-tools study MODULE:ATTR [options]`: run the user's `Protocol`
   (`MODULE` is imported with the current directory on the path).
 - `keras-bn-tools summary [PROTOCOL] [--configs ...]`: print each config's model.
 
 Each study prints its table and writes `results.json`, `results.csv` (one row
-per run per epoch), `runs.csv` (one row per run), `table.md`, `accuracy.png`
-and `loss.png` under `--out`. Every option is checked before any work: bad
-input prints one line naming the option and exits with status 2. Results are
+per run per epoch), `runs.csv` (one row per run), `table.md`, `METRIC.png`
+(`accuracy.png`, `mae.png`, ...) and `loss.png` under `--out`. Every option is
+checked before any work: bad input prints one line naming the option and exits
+with status 2. Results are
 written to a hidden staging directory next to `--out` and moved into place
 only when everything is written; SIGINT, SIGTERM and SIGHUP remove the
 staging directory, so a stopped run leaves `--out` as it was.
@@ -21,36 +22,30 @@ only after the arguments parsed: `--help` does not wait for a backend to load.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import importlib
 import os
-import shutil
 import signal
 import sys
-import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from keras_bn_tools._cli_output import (
+    Stopped,
+    UsageError,
+    check_out,
+    make_staging,
+    publish,
+    remove_staging,
+    stop_on_signals,
+)
 from keras_bn_tools._validation import MAX_SEED
 
-__all__ = ["UsageError", "protocol_epilog", "run"]
+__all__ = ["OUTPUTS", "UsageError", "protocol_epilog", "run"]
 
 PROG = "keras-bn-tools"
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
 OUTPUTS = ("results.json", "results.csv", "runs.csv", "table.md", "accuracy.png", "loss.png")
-
-
-class UsageError(Exception):
-    """Bad input found after parsing (reported like argparse's errors, exit status 2)."""
-
-
-class Stopped(BaseException):
-    """SIGTERM or SIGHUP arrived (SIGINT raises KeyboardInterrupt)."""
-
-    def __init__(self, signum: int):
-        super().__init__(signum)
-        self.signum = signum
 
 
 # --------------------------------------------------------------------------- checks
@@ -114,113 +109,13 @@ def _check_engine(engine: str) -> None:
         ) from error
 
 
-def _check_out(out: Path, overwrite: bool) -> Path:
-    """Refuse an `--out` that cannot be written or would mix two studies; return the
-    existing directory where the staging directory goes (next to `--out`)."""
-    try:
-        return _usable_out(out, overwrite)
-    except (OSError, ValueError) as error:  # a NUL byte, a name too long, no permission
-        raise UsageError(f"--out {str(out)!r}: {error}") from None
-
-
-def _usable_out(out: Path, overwrite: bool) -> Path:
-    if str(out) in ("", "."):
-        raise UsageError("--out: give a directory name (not '' or the current directory)")
-    if "\0" in str(out):
-        raise ValueError("a path cannot hold a NUL character")
-    out = out.expanduser().absolute()
-    if out.exists() and not out.is_dir():
-        raise UsageError(f"--out {str(out)!r} exists and is not a directory")
-    if out.is_dir() and any(out.iterdir()):
-        if not (out / "results.json").exists():
-            raise UsageError(
-                f"--out {str(out)!r} is a directory that holds other files and no "
-                f"results.json; choose a new or empty directory"
-            )
-        if not overwrite:
-            raise UsageError(
-                f"--out {str(out)!r} holds an earlier study; pass --overwrite to replace it "
-                f"as a whole, or choose another directory"
-            )
-    anchor = out.parent
-    while not anchor.exists():
-        anchor = anchor.parent
-    if not anchor.is_dir():
-        raise UsageError(f"--out {str(out)!r}: {str(anchor)!r} is not a directory")
-    if not os.access(anchor, os.W_OK | os.X_OK):
-        raise UsageError(f"--out {str(out)!r}: {str(anchor)!r} is not writable")
-    return anchor
-
-
-# --------------------------------------------------------------------------- output
-
-
-@contextlib.contextmanager
-def _stop_on_signals() -> Iterator[None]:
-    """SIGTERM and SIGHUP raise `Stopped` (as SIGINT raises KeyboardInterrupt), so that
-    `finally` blocks run and remove the staging directory."""
-
-    def handler(signum, frame):
-        raise Stopped(signum)
-
-    previous = {}
-    for name in ("SIGTERM", "SIGHUP"):
-        if hasattr(signal, name):
-            previous[name] = signal.signal(getattr(signal, name), handler)
-    try:
-        yield
-    finally:
-        for name, old in previous.items():
-            signal.signal(getattr(signal, name), old)
-
-
-@contextlib.contextmanager
-def _signals_held() -> Iterator[None]:
-    """Hold SIGINT, SIGTERM and SIGHUP (delivered on exit) while files are renamed."""
-    names = ("SIGINT", "SIGTERM", "SIGHUP")
-    signals = {getattr(signal, n) for n in names if hasattr(signal, n)}
-    if not hasattr(signal, "pthread_sigmask"):  # pragma: no cover - Windows
-        yield
-        return
-    signal.pthread_sigmask(signal.SIG_BLOCK, signals)
-    try:
-        yield
-    finally:
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, signals)
-
-
-def _make_staging(anchor: Path, name: str) -> Path:
-    try:
-        staging = Path(tempfile.mkdtemp(prefix=f".keras-bn-tools-{name}-", dir=anchor))
-    except OSError as error:
-        raise UsageError(f"--out: cannot write in {str(anchor)!r}: {error.strerror}") from None
-    umask = os.umask(0)  # mkdtemp makes it private; it becomes --out, so use the umask
-    os.umask(umask)
-    staging.chmod(0o777 & ~umask)
-    return staging
-
-
-def _publish(staging: Path, out: Path) -> None:
-    """Move the finished staging directory to `out`, replacing an earlier study whole."""
-    out = out.expanduser().absolute()
-    with _signals_held():
-        out.parent.mkdir(parents=True, exist_ok=True)
-        old = None
-        if out.exists():
-            old = Path(tempfile.mkdtemp(prefix=".keras-bn-tools-old-", dir=out.parent))
-            os.rename(out, old / "results")
-        os.rename(staging, out)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-
-
 def _write(result: Any, staging: Path, moving_stats: bool) -> str:
     table = result.table()
     result.to_json(staging / "results.json")
     result.to_csv(staging / "results.csv", per="epoch")
     result.to_csv(staging / "runs.csv", per="run")
     (staging / "table.md").write_text(table + "\n", encoding="utf-8")
-    result.plot(staging / "accuracy.png", metrics=("accuracy", "val_accuracy"))
+    result.plot(staging / f"{result.metric}.png")  # accuracy.png, mae.png, ...
     result.plot(staging / "loss.png", metrics=("loss", "val_loss"))
     if moving_stats and (arrays := result.moving_stats_arrays()):
         import numpy as np
@@ -242,11 +137,11 @@ def _run_study(args: argparse.Namespace) -> int:
     protocol = _user_protocol(args.protocol) if user else _builtin(args.protocol)
     configs = _configs(protocol, args.configs)
     out = Path(args.out if args.out is not None else f"{protocol.name}_results")
-    anchor = _check_out(out, args.overwrite)
+    anchor = check_out(out, args.overwrite)
     _check_engine(args.engine)
     from keras_bn_tools.studies import run_study
 
-    staging = _make_staging(anchor, protocol.name)
+    staging = make_staging(anchor, protocol.name)
     try:
         result = run_study(
             protocol, configs, range(args.first_seed, args.first_seed + args.seeds),
@@ -254,10 +149,9 @@ def _run_study(args: argparse.Namespace) -> int:
             shuffle=args.shuffle, progress=not args.no_progress,
         )  # fmt: skip
         table = _write(result, staging, args.moving_stats)
-        _publish(staging, out)
+        publish(staging, out)
     finally:
-        with _signals_held():
-            shutil.rmtree(staging, ignore_errors=True)
+        remove_staging(staging)
     print(table)
     print(
         f"\n{len(result.runs)} runs in {result.seconds:.1f} s (engine {result.engine}). "
@@ -270,7 +164,7 @@ def _run_study(args: argparse.Namespace) -> int:
 def _run_summary(args: argparse.Namespace) -> int:
     protocol = _builtin(args.protocol)
     for name in _configs(protocol, args.configs) or list(protocol.configs):
-        print(f"{name}: {protocol.configs[name]}")
+        print(f"{name}: {protocol.config(name).description}")
         protocol.build(name).summary(print_fn=lambda line, *_, **__: print(line))
         print()
     return EXIT_OK
@@ -282,7 +176,7 @@ def protocol_epilog(name: str) -> str | None:
         protocol = _builtin(name)
     except UsageError:
         return None
-    configs = "; ".join(f"{c}: {d}" for c, d in protocol.configs.items())
+    configs = "; ".join(f"{c}: {protocol.config(c).description}" for c in protocol.configs)
     return f"{protocol.description} Configs: {configs}."
 
 
@@ -295,7 +189,7 @@ def run(args: argparse.Namespace) -> int:
     handler = _run_summary if args.command == "summary" else _run_study
     where = f"{PROG} {args.command}"
     try:
-        with _stop_on_signals():
+        with stop_on_signals():
             return handler(args)
     except UsageError as error:
         print(f"{where}: error: {error}", file=sys.stderr)

@@ -82,11 +82,14 @@ def test_help_version_and_usage_errors_import_neither_the_package_nor_keras():
 
 @pytest.mark.backend_agnostic
 def test_the_front_agrees_with_the_package():
-    """The front lists what it cannot import: the built-in protocols and the seed range."""
+    """The front lists what it cannot import: the built-in protocols, the engines and the
+    seed range."""
     from keras_bn_tools._validation import MAX_SEED
-    from keras_bn_tools.studies import PROTOCOLS
+    from keras_bn_tools.studies.engines import ENGINES
+    from keras_bn_tools.studies.registry import BUILTIN
 
-    assert tuple(cli.BUILTIN) == tuple(PROTOCOLS)
+    assert cli.BUILTIN == tuple(BUILTIN)
+    assert cli.ENGINES == tuple(ENGINES)
     assert cli.MAX_SEED == MAX_SEED
 
 
