@@ -1,5 +1,6 @@
 """Keras callbacks for batch normalization experiments.
 
+- `ActivationTracker`: record percentiles of each nonlinearity's input on a fixed probe batch.
 - `MovingStatsTracker`: record BN moving statistics, gamma and beta during training.
 - `MomentumScheduler`: change `MomentumBatchNormalization.momentum` epoch by epoch.
 - `RecalibrateBatchNorm`: recompute exact ("precise BN") statistics during or after training.
@@ -7,8 +8,16 @@
 
 from __future__ import annotations
 
+from keras_bn_tools.callbacks.activations import ActivationLog, ActivationTracker
 from keras_bn_tools.callbacks.momentum import MomentumScheduler
 from keras_bn_tools.callbacks.moving_stats import MovingStatsLog, MovingStatsTracker
 from keras_bn_tools.callbacks.recalibrate import RecalibrateBatchNorm
 
-__all__ = ["MomentumScheduler", "MovingStatsLog", "MovingStatsTracker", "RecalibrateBatchNorm"]
+__all__ = [
+    "ActivationLog",
+    "ActivationTracker",
+    "MomentumScheduler",
+    "MovingStatsLog",
+    "MovingStatsTracker",
+    "RecalibrateBatchNorm",
+]
