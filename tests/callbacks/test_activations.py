@@ -67,7 +67,7 @@ def test_records_pre_activation_percentiles_per_unit_against_numpy():
     np.testing.assert_allclose(
         tracker.history["hidden"][-1], np.percentile(pre_hidden, [15, 50, 85], axis=0), atol=1e-5
     )
-    bn_out = keras.Model(model.input, model.get_layer("bn").output)(probe, training=False)
+    bn_out = keras.Model(model.inputs, model.get_layer("bn").output)([probe], training=False)
     np.testing.assert_allclose(
         tracker.history["act"][-1],
         np.percentile(keras.ops.convert_to_numpy(bn_out), [15, 50, 85], axis=0),
@@ -123,7 +123,7 @@ def test_training_mode_probe_uses_batch_statistics_and_leaves_moving_statistics_
         np.testing.assert_array_equal(old, keras.ops.convert_to_numpy(new))
     # Training-mode BN output has per-unit mean 0: the median of 64 normal-ish rows is near 0.
     linear = keras.ops.convert_to_numpy(
-        keras.Model(model.input, model.get_layer("linear").output)(x)
+        keras.Model(model.inputs, model.get_layer("linear").output)([x])
     )
     normalized = (linear - linear.mean(0)) / np.sqrt(linear.var(0) + bn.epsilon)
     np.testing.assert_allclose(
