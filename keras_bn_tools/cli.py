@@ -1,6 +1,9 @@
 """The `keras-bn-tools` command (also `python -m keras_bn_tools`).
 
 - `keras-bn-tools circles|digits|sequence [options]`: run a built-in study.
+- `keras-bn-tools sigmoid-mlp|small-batch [options]`: run a reproduction of a
+  published BN experiment (`studies.experiments`); it also writes its own
+  table and plots.
 - `keras-bn-tools study MODULE:ATTR [options]`: run the user's `Protocol`
   (`MODULE` is imported with the current directory on the path).
 - `keras-bn-tools summary [PROTOCOL] [--configs ...]`: print each config's model.
@@ -34,7 +37,7 @@ __all__ = ["main"]
 
 PROG = "keras-bn-tools"
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
-BUILTIN = ("circles", "digits", "sequence")
+BUILTIN = ("circles", "digits", "sequence", "sigmoid-mlp", "small-batch")
 OUTPUTS = ("results.json", "results.csv", "runs.csv", "table.md", "accuracy.png", "loss.png")
 
 
@@ -82,9 +85,9 @@ def _add_study_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--seeds",
         type=_int_option(1, MAX_SEED + 1),
-        default=10,
+        default=None,
         metavar="N",
-        help="seeds per config: FIRST..FIRST+N-1 (default: 10)",
+        help="seeds per config: FIRST..FIRST+N-1 (default: 10; sigmoid-mlp 3, small-batch 1)",
     )
     parser.add_argument(
         "--first-seed",
@@ -361,6 +364,10 @@ def _write(result: Any, staging: Path, moving_stats: bool) -> str:
 
 
 def _run_study(args: argparse.Namespace) -> int:
+    from keras_bn_tools.studies.experiments import DEFAULT_SEEDS
+
+    if args.seeds is None:
+        args.seeds = DEFAULT_SEEDS.get(getattr(args, "protocol", None), 10)
     if args.first_seed + args.seeds - 1 > MAX_SEED:
         raise UsageError(
             f"--seeds/--first-seed: seeds {args.first_seed}..{args.first_seed + args.seeds - 1} "
@@ -373,15 +380,23 @@ def _run_study(args: argparse.Namespace) -> int:
     anchor = _check_out(out, args.overwrite)
     _check_engine(args.engine)
     from keras_bn_tools.studies import run_study
+    from keras_bn_tools.studies.experiments import EXPERIMENTS, experiment_runner
 
     staging = _make_staging(anchor, protocol.name)
     try:
-        result = run_study(
+        experiment = None if user else EXPERIMENTS.get(protocol.name)
+        run = experiment_runner(protocol.name) if experiment else run_study
+        result = run(
             protocol, configs, range(args.first_seed, args.first_seed + args.seeds),
             epochs=args.epochs, batch_size=args.batch_size, engine=args.engine,
             shuffle=args.shuffle, progress=not args.no_progress,
         )  # fmt: skip
+        if experiment:  # its own table, data and plots beside the study's files
+            extra, result = result, result.study
+            extra.write(staging)
         table = _write(result, staging, args.moving_stats)
+        if experiment:
+            table = f"{table}\n\n{extra.table()}"
         _publish(staging, out)
     finally:
         with _signals_held():

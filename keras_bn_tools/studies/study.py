@@ -17,14 +17,14 @@ __all__ = ["PROTOCOLS", "resolve_protocol", "run_study"]
 
 
 class _BuiltinProtocols(Mapping):
-    """`"circles"`, `"digits"`, `"sequence"` -> their `Protocol`, each module imported on use."""
+    """Built-in protocol name -> its `Protocol`, each module imported on use."""
 
-    names = ("circles", "digits", "sequence")
+    names = ("circles", "digits", "sequence", "sigmoid-mlp", "small-batch")
 
     def __getitem__(self, name: str) -> Protocol:
         if name not in self.names:
             raise KeyError(name)
-        return importlib.import_module(f"keras_bn_tools.studies.{name}").PROTOCOL
+        return importlib.import_module(f"keras_bn_tools.studies.{name.replace('-', '_')}").PROTOCOL
 
     def __iter__(self) -> Iterator[str]:
         return iter(self.names)
