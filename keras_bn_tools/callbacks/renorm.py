@@ -188,9 +188,11 @@ class RenormScheduler(keras.callbacks.Callback):
             raise ValueError(
                 f"`schedule({step})` returned {dict(value)!r}: keys must be 'rmax' and/or 'dmax'."
             )
-        current = self._current or self._layers[0].renorm_clipping
-        rmax = value.get("rmax", current["rmax"])
-        dmax = value.get("dmax", current["dmax"])
+        if "rmax" in value and "dmax" in value:
+            rmax, dmax = value["rmax"], value["dmax"]
+        else:  # a key left out keeps the limit in force
+            current = self._current or self._layers[0].renorm_clipping
+            rmax, dmax = value.get("rmax", current["rmax"]), value.get("dmax", current["dmax"])
         rmax, dmax = _check_limits(f"schedule({step})['rmax']", f"schedule({step})['dmax']",
                                    rmax, dmax)  # fmt: skip
         return {"rmax": rmax, "dmax": dmax}
