@@ -1,9 +1,8 @@
 """The `keras-bn-tools` command (also `python -m keras_bn_tools`).
 
-- `keras-bn-tools circles|digits|sequence [options]`: run a built-in study.
-- `keras-bn-tools sigmoid-mlp|small-batch [options]`: run a reproduction of a
-  published BN experiment (`studies.experiments`); it also writes its own
-  table and plots.
+- `keras-bn-tools PROTOCOL [options]`: run a built-in study (`studies.registry.BUILTIN`).
+  `sigmoid-mlp` and `small-batch` are reproductions of published BN experiments
+  (`studies.experiments`): they also write their own table, data and plots.
 - `keras-bn-tools study MODULE:ATTR [options]`: run the user's `Protocol`
   (`MODULE` is imported with the current directory on the path).
 - `keras-bn-tools summary [PROTOCOL] [--configs ...]`: print each config's model.
@@ -20,37 +19,32 @@ staging directory, so a stopped run leaves `--out` as it was.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import importlib
 import os
-import shutil
 import signal
 import sys
-import tempfile
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from keras_bn_tools._cli_output import (
+    Stopped,
+    UsageError,
+    check_out,
+    make_staging,
+    publish,
+    remove_staging,
+    stop_on_signals,
+)
 from keras_bn_tools._validation import MAX_SEED, check_int_in_range
+from keras_bn_tools.studies.engines import ENGINES
+from keras_bn_tools.studies.registry import BUILTIN
 
 __all__ = ["main"]
 
 PROG = "keras-bn-tools"
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
-BUILTIN = ("circles", "digits", "sequence", "sigmoid-mlp", "small-batch")
 OUTPUTS = ("results.json", "results.csv", "runs.csv", "table.md", "accuracy.png", "loss.png")
-
-
-class UsageError(Exception):
-    """Bad input found after parsing (reported like argparse's errors, exit status 2)."""
-
-
-class Stopped(BaseException):
-    """SIGTERM or SIGHUP arrived (SIGINT raises KeyboardInterrupt)."""
-
-    def __init__(self, signum: int):
-        super().__init__(signum)
-        self.signum = signum
 
 
 def _int_option(minimum: int, maximum: int | None = None) -> Callable[[str], int]:
@@ -110,7 +104,7 @@ def _add_study_options(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--engine",
-        choices=["auto", "compiled", "fit"],
+        choices=list(ENGINES),
         default="auto",
         help="'auto' (default): the compiled engine on TensorFlow and JAX, "
         "'fit' elsewhere; 'compiled': each run compiled whole; 'fit': model.fit",
@@ -122,6 +116,11 @@ def _add_study_options(parser: argparse.ArgumentParser) -> None:
         help="'epoch' (default): a fresh order of the training rows every "
         "epoch (the tutorial's); 'once': one order reused every epoch; 'none'",
     )
+    _add_output_options(parser)
+    parser.set_defaults(handler=_run_study)
+
+
+def _add_output_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--out",
         metavar="DIR",
@@ -139,7 +138,6 @@ def _add_study_options(parser: argparse.ArgumentParser) -> None:
         help="also write moving_stats.npz: every BN statistic after every epoch",
     )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
-    parser.set_defaults(handler=_run_study)  # fmt: skip
 
 
 def _protocol_epilog(name: str) -> str | None:
@@ -177,7 +175,7 @@ def _build_parser(argv: Sequence[str]) -> argparse.ArgumentParser:
     study.add_argument("protocol", metavar="MODULE:ATTR", help="e.g. my_study:PROTOCOL")
     _add_study_options(study)
     summary = commands.add_parser("summary", help="print the model of each config")
-    summary.add_argument("protocol", nargs="?", default="circles", choices=BUILTIN,
+    summary.add_argument("protocol", nargs="?", default="circles", choices=list(BUILTIN),
                          help="built-in protocol (default: circles)")  # fmt: skip
     summary.add_argument("--configs", nargs="+", metavar="NAME", help="configs (default: all)")
     summary.set_defaults(handler=_run_summary)
@@ -245,106 +243,6 @@ def _check_engine(engine: str) -> None:
         ) from error
 
 
-def _check_out(out: Path, overwrite: bool) -> Path:
-    """Refuse an `--out` that cannot be written or would mix two studies; return the
-    existing directory where the staging directory goes (next to `--out`)."""
-    try:
-        return _usable_out(out, overwrite)
-    except (OSError, ValueError) as error:  # a NUL byte, a name too long, no permission
-        raise UsageError(f"--out {str(out)!r}: {error}") from None
-
-
-def _usable_out(out: Path, overwrite: bool) -> Path:
-    if str(out) in ("", "."):
-        raise UsageError("--out: give a directory name (not '' or the current directory)")
-    if "\0" in str(out):
-        raise ValueError("a path cannot hold a NUL character")
-    out = out.expanduser().absolute()
-    if out.exists() and not out.is_dir():
-        raise UsageError(f"--out {str(out)!r} exists and is not a directory")
-    if out.is_dir() and any(out.iterdir()):
-        if not (out / "results.json").exists():
-            raise UsageError(
-                f"--out {str(out)!r} is a directory that holds other files and no "
-                f"results.json; choose a new or empty directory"
-            )
-        if not overwrite:
-            raise UsageError(
-                f"--out {str(out)!r} holds an earlier study; pass --overwrite to replace it "
-                f"as a whole, or choose another directory"
-            )
-    anchor = out.parent
-    while not anchor.exists():
-        anchor = anchor.parent
-    if not anchor.is_dir():
-        raise UsageError(f"--out {str(out)!r}: {str(anchor)!r} is not a directory")
-    if not os.access(anchor, os.W_OK | os.X_OK):
-        raise UsageError(f"--out {str(out)!r}: {str(anchor)!r} is not writable")
-    return anchor
-
-
-# --------------------------------------------------------------------------- output
-
-
-@contextlib.contextmanager
-def _stop_on_signals() -> Iterator[None]:
-    """SIGTERM and SIGHUP raise `Stopped` (as SIGINT raises KeyboardInterrupt), so that
-    `finally` blocks run and remove the staging directory."""
-
-    def handler(signum, frame):
-        raise Stopped(signum)
-
-    previous = {}
-    for name in ("SIGTERM", "SIGHUP"):
-        if hasattr(signal, name):
-            previous[name] = signal.signal(getattr(signal, name), handler)
-    try:
-        yield
-    finally:
-        for name, old in previous.items():
-            signal.signal(getattr(signal, name), old)
-
-
-@contextlib.contextmanager
-def _signals_held() -> Iterator[None]:
-    """Hold SIGINT, SIGTERM and SIGHUP (delivered on exit) while files are renamed."""
-    names = ("SIGINT", "SIGTERM", "SIGHUP")
-    signals = {getattr(signal, n) for n in names if hasattr(signal, n)}
-    if not hasattr(signal, "pthread_sigmask"):  # pragma: no cover - Windows
-        yield
-        return
-    signal.pthread_sigmask(signal.SIG_BLOCK, signals)
-    try:
-        yield
-    finally:
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, signals)
-
-
-def _make_staging(anchor: Path, name: str) -> Path:
-    try:
-        staging = Path(tempfile.mkdtemp(prefix=f".keras-bn-tools-{name}-", dir=anchor))
-    except OSError as error:
-        raise UsageError(f"--out: cannot write in {str(anchor)!r}: {error.strerror}") from None
-    umask = os.umask(0)  # mkdtemp makes it private; it becomes --out, so use the umask
-    os.umask(umask)
-    staging.chmod(0o777 & ~umask)
-    return staging
-
-
-def _publish(staging: Path, out: Path) -> None:
-    """Move the finished staging directory to `out`, replacing an earlier study whole."""
-    out = out.expanduser().absolute()
-    with _signals_held():
-        out.parent.mkdir(parents=True, exist_ok=True)
-        old = None
-        if out.exists():
-            old = Path(tempfile.mkdtemp(prefix=".keras-bn-tools-old-", dir=out.parent))
-            os.rename(out, old / "results")
-        os.rename(staging, out)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-
-
 def _write(result: Any, staging: Path, moving_stats: bool) -> str:
     table = result.table()
     result.to_json(staging / "results.json")
@@ -377,12 +275,12 @@ def _run_study(args: argparse.Namespace) -> int:
     protocol = _user_protocol(args.protocol) if user else _builtin(args.protocol)
     configs = _configs(protocol, args.configs)
     out = Path(args.out if args.out is not None else f"{protocol.name}_results")
-    anchor = _check_out(out, args.overwrite)
+    anchor = check_out(out, args.overwrite)
     _check_engine(args.engine)
     from keras_bn_tools.studies import run_study
     from keras_bn_tools.studies.experiments import EXPERIMENTS, experiment_runner
 
-    staging = _make_staging(anchor, protocol.name)
+    staging = make_staging(anchor, protocol.name)
     try:
         experiment = None if user else EXPERIMENTS.get(protocol.name)
         run = experiment_runner(protocol.name) if experiment else run_study
@@ -397,10 +295,9 @@ def _run_study(args: argparse.Namespace) -> int:
         table = _write(result, staging, args.moving_stats)
         if experiment:
             table = f"{table}\n\n{extra.table()}"
-        _publish(staging, out)
+        publish(staging, out)
     finally:
-        with _signals_held():
-            shutil.rmtree(staging, ignore_errors=True)
+        remove_staging(staging)
     print(table)
     print(
         f"\n{len(result.runs)} runs in {result.seconds:.1f} s (engine {result.engine}). "
@@ -429,7 +326,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(exit_.code) if isinstance(exit_.code, int) else EXIT_USAGE
     where = f"{PROG} {args.command}"
     try:
-        with _stop_on_signals():
+        with stop_on_signals():
             return args.handler(args)
     except UsageError as error:
         print(f"{where}: error: {error}", file=sys.stderr)

@@ -296,17 +296,26 @@ def run_sigmoid_mlp(
 
     The percentiles are recorded by an `ActivationTracker` (probe: the test
     images, in training mode, every `track_every` steps), a Keras callback:
-    `engine="auto"` runs the `fit` engine, which calls callbacks on every
-    backend, and `StudyResult.engine` records it. `engine="compiled"` calls
-    no callbacks and is refused.
+    the study runs on an engine that supports `engines.CALLBACKS`.
+    `engine="auto"` picks the first such engine of `engines.REGISTRY` on the
+    backend (today `fit`), and `StudyResult.engine` records which ran; an
+    engine named explicitly that runs no callbacks is refused.
     """
+    import keras
+
     from keras_bn_tools.callbacks import ActivationTracker
+    from keras_bn_tools.studies.engines import CALLBACKS, REGISTRY, resolve_engine
     from keras_bn_tools.studies.study import run_study
 
-    if engine == "compiled":
+    backend = keras.backend.backend()
+    able = [e for e in REGISTRY if e.runs_on(backend) and CALLBACKS in e.supports]
+    chosen = able[0] if engine == "auto" else resolve_engine(engine, backend)
+    if CALLBACKS not in chosen.supports:
         raise ValueError(
-            "sigmoid-mlp records activation percentiles with a Keras callback, which the "
-            "compiled engine does not call: use engine='fit' or engine='auto' (which picks 'fit')."
+            f"sigmoid-mlp records activation percentiles with a Keras callback, which the "
+            f"{chosen.name!r} engine does not call: use "
+            f"{' or '.join(f'engine={e.name!r}' for e in able)}, or engine='auto' (which picks "
+            f"{able[0].name!r})."
         )
     protocol = PROTOCOL if protocol is None else protocol
     probe = protocol.load_data()[1][0]
@@ -315,7 +324,7 @@ def run_sigmoid_mlp(
         return [ActivationTracker(probe, layers=[TRACKED_LAYER], every=track_every, training=True)]
 
     study = run_study(
-        protocol, configs, seeds, epochs=epochs, batch_size=batch_size, engine="fit",
+        protocol, configs, seeds, epochs=epochs, batch_size=batch_size, engine=chosen.name,
         shuffle=shuffle, callbacks_factory=callbacks_factory, progress=progress,
     )  # fmt: skip
     logs: dict[str, list[Any]] = {}

@@ -176,7 +176,7 @@ class _Runner:
             f"({type(error).__name__}: {str(error)[:300]}); running it as a plain "
             f"TensorFlow graph instead.",
             RuntimeWarning,
-            stacklevel=4,  # run_study's caller (via run_seeds and run_study)
+            stacklevel=5,  # run_study's caller (via run_seeds, study.execute and run_study)
         )
         self.jit_compile = False
         self._function = tf.function(self._python_run, autograph=False)
@@ -218,7 +218,7 @@ def run_seeds(
     *,
     data: StudyData,
     settings: RunSettings,
-    jit_compile: bool = True,
+    jit_compile: bool = False,
 ) -> Iterator[RunResult]:
     """Every seed's run through one traced graph, pipelined.
 
