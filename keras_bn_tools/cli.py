@@ -8,11 +8,11 @@
 - `keras-bn-tools summary [PROTOCOL] [--configs ...]`: print each config's model.
 
 Each study prints its table and writes `results.json`, `results.csv` (one row
-per run per epoch), `runs.csv` (one row per run), `table.md`, `accuracy.png`
-and `loss.png` under `--out`. Every option is checked before any work: bad
-input prints one line naming the option and exits with status 2. Results are
-written to a hidden staging directory next to `--out` and moved into place
-only when everything is written; SIGINT, SIGTERM and SIGHUP remove the
+per run per epoch), `runs.csv` (one row per run), `table.md`, `METRIC.png`
+(`accuracy.png`, `mae.png`, ...) and `loss.png` under `--out`. Every option is
+checked before any work: bad input prints one line naming the option and exits
+with status 2. Results are written to a hidden staging directory next to
+`--out` and moved into place only when everything is written; SIGINT, SIGTERM and SIGHUP remove the
 staging directory, so a stopped run leaves `--out` as it was.
 """
 
@@ -145,7 +145,7 @@ def _protocol_epilog(name: str) -> str | None:
         protocol = _builtin(name)
     except UsageError:
         return None
-    configs = "; ".join(f"{c}: {d}" for c, d in protocol.configs.items())
+    configs = "; ".join(f"{c}: {protocol.config(c).description}" for c in protocol.configs)
     return f"{protocol.description} Configs: {configs}."
 
 
@@ -249,7 +249,7 @@ def _write(result: Any, staging: Path, moving_stats: bool) -> str:
     result.to_csv(staging / "results.csv", per="epoch")
     result.to_csv(staging / "runs.csv", per="run")
     (staging / "table.md").write_text(table + "\n", encoding="utf-8")
-    result.plot(staging / "accuracy.png", metrics=("accuracy", "val_accuracy"))
+    result.plot(staging / f"{result.metric}.png")  # accuracy.png, mae.png, ...
     result.plot(staging / "loss.png", metrics=("loss", "val_loss"))
     if moving_stats and (arrays := result.moving_stats_arrays()):
         import numpy as np
@@ -310,7 +310,7 @@ def _run_study(args: argparse.Namespace) -> int:
 def _run_summary(args: argparse.Namespace) -> int:
     protocol = _builtin(args.protocol)
     for name in _configs(protocol, args.configs) or list(protocol.configs):
-        print(f"{name}: {protocol.configs[name]}")
+        print(f"{name}: {protocol.config(name).description}")
         protocol.build(name).summary(print_fn=lambda line, *_, **__: print(line))
         print()
     return EXIT_OK

@@ -3,7 +3,9 @@
 A study trains each config of a `Protocol` once per seed and reports final
 accuracies, epochs to the protocol's target and learning curves:
 
-- `Protocol` (`studies.protocol`): one experiment, and the data order a study feeds.
+- `Protocol` (`studies.protocol`): one experiment, and the data order a study feeds;
+  `Config`: a config's description and its own training settings.
+- `studies.metrics`: the metrics a study reports, scored in NumPy.
 - `PROTOCOLS`: the built-in ones (`studies.registry.BUILTIN` lists them).
 - `run_study(protocol, configs, seeds, ...)` (`studies.study`) -> `StudyResult`.
 - `RunResult`, `StudyResult` (`studies.results`).
@@ -21,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 from keras_bn_tools.studies.registry import BUILTIN
 
 _LAZY_ATTRIBUTES = {
+    "Config": "keras_bn_tools.studies.protocol",
     "Protocol": "keras_bn_tools.studies.protocol",
     "training_orders": "keras_bn_tools.studies.protocol",
     "PROTOCOLS": "keras_bn_tools.studies.registry",
@@ -33,14 +36,18 @@ _LAZY_SUBMODULES = {
     *BUILTIN.values(),
     "engines",
     "experiments",
+    "metrics",
     "protocol",
+    "registry",
     "results",
+    "runs",
     "statistics",
     "study",
 }
 
 __all__ = [
     "PROTOCOLS",
+    "Config",
     "Protocol",
     "RunResult",
     "StudyResult",
@@ -49,7 +56,7 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:  # pragma: no cover
-    from keras_bn_tools.studies.protocol import Protocol, training_orders
+    from keras_bn_tools.studies.protocol import Config, Protocol, training_orders
     from keras_bn_tools.studies.registry import PROTOCOLS
     from keras_bn_tools.studies.results import RunResult, StudyResult
     from keras_bn_tools.studies.study import run_study

@@ -33,7 +33,7 @@ step sees them) next to the inference-mode accuracy, and their gap.
 
 from __future__ import annotations
 
-import dataclasses
+import functools
 import json
 import os
 from collections.abc import Sequence
@@ -43,7 +43,7 @@ from typing import Any
 import numpy as np
 
 from keras_bn_tools.studies.digits import load_digits_split
-from keras_bn_tools.studies.protocol import Protocol
+from keras_bn_tools.studies.protocol import Config, Protocol
 
 __all__ = [
     "BASE_LEARNING_RATE",
@@ -99,8 +99,19 @@ def learning_rate(batch_size: int) -> float:
     return BASE_LEARNING_RATE * batch_size / 32
 
 
+def _optimizer(batch_size: int = 32):
+    import keras
+
+    return keras.optimizers.SGD(learning_rate=learning_rate(batch_size), momentum=SGD_MOMENTUM)
+
+
+#: Config name -> `Config` with that config's batch size and learning rate.
 CONFIGS = {
-    config_name(norm, size): f"{what}, batch {size}, lr {learning_rate(size):g}"
+    config_name(norm, size): Config(
+        f"{what}, batch {size}, lr {learning_rate(size):g}",
+        batch_size=size,
+        optimizer=functools.partial(_optimizer, size),
+    )
     for norm, what in NORMALIZATIONS.items()
     for size in BATCH_SIZES
 }
@@ -141,12 +152,6 @@ def build_model(config: str):
         layers.append(keras.layers.MaxPooling2D(2))
     layers += [keras.layers.Flatten(), keras.layers.Dense(10, activation="softmax")]
     return keras.Sequential(layers, name=f"small_batch_{config.replace('-', '_')}")
-
-
-def _optimizer(batch_size: int = 32):
-    import keras
-
-    return keras.optimizers.SGD(learning_rate=learning_rate(batch_size), momentum=SGD_MOMENTUM)
 
 
 PROTOCOL = Protocol(
@@ -202,40 +207,13 @@ class SmallBatchResult:
     """A small-batch study: inference- and training-mode test accuracy per config.
 
     Attributes:
-        studies: batch size -> the `StudyResult` of the configs at that size.
+        study: the `StudyResult` (each run's batch size in `RunResult.settings`).
         training_mode: config -> per seed `(training-mode acc., inference-mode acc.)`
             on the test rows that fill whole batches.
     """
 
-    studies: dict[int, Any]
+    study: Any
     training_mode: dict[str, list[tuple[float, float]]]
-
-    @property
-    def study(self) -> Any:
-        """All batch sizes' runs as one `StudyResult` (its `batch_size`: the largest;
-        `metadata["batch_sizes"]` has each config's)."""
-        from keras_bn_tools.studies.results import StudyResult
-
-        studies = list(self.studies.values())
-        first = studies[0]
-        return StudyResult(
-            protocol=first.protocol,
-            runs=[run for study in studies for run in study.runs],
-            configs=tuple(config for study in studies for config in study.configs),
-            seeds=first.seeds,
-            epochs=first.epochs,
-            batch_size=max(self.studies),
-            engine=first.engine,
-            shuffle=first.shuffle,
-            target=first.target,
-            seconds=sum(study.seconds for study in studies),
-            metadata={
-                **first.metadata,
-                "batch_sizes": {
-                    config: size for size, study in self.studies.items() for config in study.configs
-                },
-            },
-        )
 
     def summary(self) -> dict[str, dict[int, dict[str, float]]]:
         """`{normalization: {batch size: {"test_accuracy", "gap", "sd", "seeds"}}}` (seed means).
@@ -244,17 +222,16 @@ class SmallBatchResult:
         `gap` the training-mode minus inference-mode accuracy on the full batches.
         """
         out: dict[str, dict[int, dict[str, float]]] = {}
-        for study in self.studies.values():
-            for config in study.configs:
-                normalization, size = parse_config(config)
-                accuracies = [run.final_test_accuracy for run in study.runs_for(config)]
-                gaps = [train - infer for train, infer in self.training_mode[config]]
-                out.setdefault(normalization, {})[size] = {
-                    "test_accuracy": float(np.mean(accuracies)),
-                    "sd": float(np.std(accuracies, ddof=1)) if len(accuracies) > 1 else 0.0,
-                    "gap": float(np.mean(gaps)),
-                    "seeds": len(accuracies),
-                }
+        for config in self.study.configs:
+            normalization, size = parse_config(config)
+            accuracies = [run.final_test_accuracy for run in self.study.runs_for(config)]
+            gaps = [train - infer for train, infer in self.training_mode[config]]
+            out.setdefault(normalization, {})[size] = {
+                "test_accuracy": float(np.mean(accuracies)),
+                "sd": float(np.std(accuracies, ddof=1)) if len(accuracies) > 1 else 0.0,
+                "gap": float(np.mean(gaps)),
+                "seeds": len(accuracies),
+            }
         return {n: dict(sorted(s.items())) for n, s in out.items()}
 
     def table(self) -> str:
@@ -327,8 +304,8 @@ def run_small_batch(
 ) -> SmallBatchResult:
     """Run the small-batch study and measure each run's training-mode test accuracy.
 
-    Each batch size runs as one study with that batch size and its learning
-    rate. The training-mode accuracy is computed from each run's final
+    Each config trains with its own batch size and learning rate (its
+    `Config`). The training-mode accuracy is computed from each run's final
     weights, so every engine can run it; `StudyResult.engine` says which ran.
     """
     from keras_bn_tools.studies.study import run_study
@@ -339,28 +316,17 @@ def run_small_batch(
             f"instead of `batch_size`={batch_size!r}."
         )
     protocol = PROTOCOL if protocol is None else protocol
-    names = list(protocol.default_configs if configs is None else configs)
-    for name in names:
-        parse_config(name)
+    study = run_study(
+        protocol, configs, seeds, epochs=epochs, engine=engine, shuffle=shuffle,
+        progress=progress,
+    )  # fmt: skip
     _, (test_x, test_y) = protocol.load_data()
-    studies: dict[int, Any] = {}
     training_mode: dict[str, list[tuple[float, float]]] = {}
-    for size in BATCH_SIZES:
-        group = [name for name in names if parse_config(name)[1] == size]
-        if not group:
-            continue
-        sized = dataclasses.replace(
-            protocol, batch_size=size, optimizer=lambda size=size: _optimizer(size)
+    for run in study.runs:
+        model = protocol.build(run.config)
+        model.set_weights(run.weights)
+        size = parse_config(run.config)[1]
+        training_mode.setdefault(run.config, []).append(
+            training_mode_accuracy(model, test_x, test_y, size)
         )
-        study = run_study(
-            sized, group, seeds, epochs=epochs, engine=engine, shuffle=shuffle,
-            progress=progress,
-        )  # fmt: skip
-        studies[size] = study
-        for run in study.runs:
-            model = protocol.build(run.config)
-            model.set_weights(run.weights)
-            training_mode.setdefault(run.config, []).append(
-                training_mode_accuracy(model, test_x, test_y, size)
-            )
-    return SmallBatchResult(studies, training_mode)
+    return SmallBatchResult(study, training_mode)

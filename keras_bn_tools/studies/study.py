@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import platform
 import sys
@@ -61,7 +62,9 @@ class StudyPlan:
         protocol: the protocol.
         configs: the config names, in order.
         seeds: the seeds, in order (a `range` stays a range).
-        settings: the `RunSettings` (epochs, batch size, data order) of the runs.
+        settings: the study's `RunSettings` (epochs, batch size, data order).
+        config_settings: each config's `RunSettings`: the study's with the
+            config's `Config` overrides applied (`settings_for`).
         engine: the `Engine` that runs them.
         options: the engine's run options (`Engine.options_for`).
         backend: Keras's backend.
@@ -74,6 +77,11 @@ class StudyPlan:
     engine: Engine
     options: dict[str, Any] = field(default_factory=dict)
     backend: str = ""
+    config_settings: dict[str, Any] = field(default_factory=dict)
+
+    def settings_for(self, config: str) -> Any:
+        """The `RunSettings` of `config`'s runs."""
+        return self.config_settings.get(config, self.settings)
 
 
 def plan_study(protocol: str | Protocol = "circles", configs: Sequence[str] | str | None = None,
@@ -87,13 +95,24 @@ def plan_study(protocol: str | Protocol = "circles", configs: Sequence[str] | st
     protocol = resolve_protocol(protocol)
     configs = _resolve_configs(protocol, configs)
     seeds = check_seeds("seeds", seeds)
-    epochs = protocol.epochs if epochs is None else check_positive_int("epochs", epochs)
-    batch_size = protocol.batch_size if batch_size is None else batch_size
+    epochs = check_positive_int("epochs", epochs, allow_none=True)
+    batch_size = check_positive_int("batch_size", batch_size, allow_none=True)
     settings = RunSettings(
-        epochs,
-        check_positive_int("batch_size", batch_size),
+        protocol.epochs if epochs is None else epochs,
+        protocol.batch_size if batch_size is None else batch_size,
         check_choice("shuffle", shuffle, SHUFFLES),
     )
+    # run_study's own epochs / batch_size apply to every config; else the config's, else
+    # the protocol's.
+    config_settings = {}
+    for name in configs:
+        own = protocol.config(name)
+        config_settings[name] = dataclasses.replace(
+            settings,
+            epochs=epochs or own.epochs or protocol.epochs,
+            batch_size=batch_size or own.batch_size or protocol.batch_size,
+            optimizer=own.optimizer,
+        )
     if callbacks_factory is not None and not callable(callbacks_factory):
         raise TypeError(f"`callbacks_factory` must be callable, got {callbacks_factory!r}.")
     import keras
@@ -103,7 +122,8 @@ def plan_study(protocol: str | Protocol = "circles", configs: Sequence[str] | st
     options = chosen.options_for(
         protocol, seeds, jit_compile=jit_compile, callbacks_factory=callbacks_factory
     )
-    return StudyPlan(protocol, configs, seeds, settings, chosen, options, backend)
+    return StudyPlan(protocol, configs, seeds, settings, chosen, options, backend,
+                     config_settings)  # fmt: skip
 
 
 def execute(plan: StudyPlan, data: Any, *, progress: bool = False) -> Iterator[RunResult]:
@@ -115,8 +135,9 @@ def execute(plan: StudyPlan, data: Any, *, progress: bool = False) -> Iterator[R
               disable=not progress, dynamic_ncols=True) as bar:  # fmt: skip
         for config in plan.configs:
             bar.set_postfix_str(config)
+            settings = plan.settings_for(config)
             for run in plan.engine.run_seeds(plan.protocol, config, plan.seeds, data=data,
-                                             settings=plan.settings, **plan.options):  # fmt: skip
+                                             settings=settings, **plan.options):  # fmt: skip
                 yield run
                 bar.update(1)
 
@@ -127,9 +148,12 @@ def collect(plan: StudyPlan, data: Any, runs: list[RunResult], seconds: float) -
     metadata = {
         "versions": _versions(plan.backend),
         "description": protocol.description,
-        "config_descriptions": {c: protocol.configs[c] for c in plan.configs},
+        "config_descriptions": {c: protocol.config(c).description for c in plan.configs},
+        "config_overrides": {c: _overrides(plan, c) for c in plan.configs},
+        "config_settings": {c: plan.settings_for(c).record() for c in plan.configs},
         "loss": str(protocol.loss),
         "accuracy": data.accuracy,
+        "metric_name": data.metric.name,
         "compile_seconds": sum(r.compile_seconds for r in runs),
         **({"jit_compile": plan.options["jit_compile"]} if "jit_compile" in plan.options else {}),
     }
@@ -145,7 +169,15 @@ def collect(plan: StudyPlan, data: Any, runs: list[RunResult], seconds: float) -
         target=protocol.target,
         seconds=seconds,
         metadata=metadata,
+        metric=data.metric.key,
+        mode=protocol.direction,
     )
+
+
+def _overrides(plan: StudyPlan, config: str) -> dict[str, Any]:
+    """What differs in `config`'s settings from the study's (for the table's note)."""
+    mine, study = plan.settings_for(config).record(), plan.settings.record()
+    return {k: v for k, v in mine.items() if v != study[k]}
 
 
 def run_study(
@@ -169,8 +201,10 @@ def run_study(
         seeds: distinct integers in `[0, 2**32 - 1]`; a `range` is streamed.
             Each run calls `keras.utils.set_random_seed(seed)` before building
             its model and draws its data order from the seed.
-        epochs: epochs per run (default: the protocol's).
-        batch_size: training batch size (default: the protocol's).
+        epochs: epochs per run, for every config (default: each config's
+            `Config.epochs`, else the protocol's).
+        batch_size: training batch size, for every config (default: each
+            config's `Config.batch_size`, else the protocol's).
         engine: `"auto"` (the compiled engine where the backend has one:
             TensorFlow and JAX; else `"fit"`), `"compiled"` or `"fit"`
             (`keras_bn_tools.studies.engines.REGISTRY`). `StudyResult.engine`

@@ -29,6 +29,9 @@ def test_configs_cover_every_normalization_at_every_batch_size():
         with pytest.raises(ValueError, match="small-batch config"):
             parse_config(bad)
     assert learning_rate(2) == pytest.approx(learning_rate(32) / 16)
+    config = protocol.configs["bn-b2"]
+    assert config.batch_size == 2
+    assert float(config.optimizer().learning_rate) == pytest.approx(learning_rate(2))
 
 
 def test_each_normalization_is_the_layer_it_names():
@@ -80,7 +83,7 @@ def test_runner_reports_accuracy_and_gap_per_batch_size(tmp_path):
     assert summary["gn"][16]["gap"] == 0.0 and summary["none"][32]["gap"] == 0.0
     study = result.study
     assert [r.config for r in study.runs] == ["gn-b16", "bn-b16", "none-b32"]
-    assert study.metadata["batch_sizes"] == {"gn-b16": 16, "bn-b16": 16, "none-b32": 32}
+    assert [run.settings["batch_size"] for run in study.runs] == [16, 16, 32]
     for run in study.runs:
         assert summary[parse_config(run.config)[0]][parse_config(run.config)[1]][
             "test_accuracy"
