@@ -33,7 +33,6 @@ step sees them) next to the inference-mode accuracy, and their gap.
 
 from __future__ import annotations
 
-import functools
 import json
 import os
 from collections.abc import Sequence
@@ -99,10 +98,20 @@ def learning_rate(batch_size: int) -> float:
     return BASE_LEARNING_RATE * batch_size / 32
 
 
-def _optimizer(batch_size: int = 32):
-    import keras
+@dataclass(frozen=True)
+class _ScaledSGD:
+    """The optimizer factory of the configs at `batch_size` (named in tables by its repr)."""
 
-    return keras.optimizers.SGD(learning_rate=learning_rate(batch_size), momentum=SGD_MOMENTUM)
+    batch_size: int = 32
+
+    def __call__(self):
+        import keras
+
+        rate = learning_rate(self.batch_size)
+        return keras.optimizers.SGD(learning_rate=rate, momentum=SGD_MOMENTUM)
+
+    def __repr__(self) -> str:
+        return f"SGD(lr={learning_rate(self.batch_size):g}, momentum={SGD_MOMENTUM})"
 
 
 #: Config name -> `Config` with that config's batch size and learning rate.
@@ -110,7 +119,7 @@ CONFIGS = {
     config_name(norm, size): Config(
         f"{what}, batch {size}, lr {learning_rate(size):g}",
         batch_size=size,
-        optimizer=functools.partial(_optimizer, size),
+        optimizer=_ScaledSGD(size),
     )
     for norm, what in NORMALIZATIONS.items()
     for size in BATCH_SIZES
@@ -168,7 +177,7 @@ PROTOCOL = Protocol(
     default_configs=tuple(CONFIGS),
     epochs=EPOCHS,
     batch_size=max(BATCH_SIZES),
-    optimizer=_optimizer,
+    optimizer=_ScaledSGD(),
     loss="sparse_categorical_crossentropy",
     target=TARGET,
     jit_compile=False,
