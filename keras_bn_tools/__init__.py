@@ -32,7 +32,7 @@ _LAZY_ATTRIBUTES = {
     "build_cnn": "keras_bn_tools.builders",
     "build_lstm": "keras_bn_tools.builders",
     "insert_batchnorm": "keras_bn_tools.rewrite",
-    "batchnorm_layers": "keras_bn_tools._model_utils",
+    "batchnorm_layers": "keras_bn_tools.graph",
     "convert_batchnorm": "keras_bn_tools.convert",
     "fold_batchnorm": "keras_bn_tools.folding",
     "recalibrate_batchnorm": "keras_bn_tools.recalibration",
@@ -67,10 +67,10 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
-    from keras_bn_tools._model_utils import batchnorm_layers
     from keras_bn_tools.builders import build_cnn, build_lstm, build_mlp
     from keras_bn_tools.convert import convert_batchnorm
     from keras_bn_tools.folding import fold_batchnorm
+    from keras_bn_tools.graph import batchnorm_layers
     from keras_bn_tools.layers import MomentumBatchNormalization
     from keras_bn_tools.recalibration import recalibrate_batchnorm
     from keras_bn_tools.rewrite import insert_batchnorm

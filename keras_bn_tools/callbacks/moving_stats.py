@@ -15,18 +15,18 @@ from typing import Any
 import keras
 import numpy as np
 
-from keras_bn_tools._model_utils import (
-    BN_STATISTICS,
-    batchnorm_layers,
-    layer_keys,
-    statistic_variables,
-)
 from keras_bn_tools._validation import check_writable_directory
 from keras_bn_tools.callbacks.stats_log import (
     HEADER_FILE,
     INDEX_FIELDS,
     RECORDS_FILE,
     MovingStatsLog,
+)
+from keras_bn_tools.graph import (
+    BN_STATISTICS,
+    batchnorm_layers,
+    layer_keys,
+    statistic_variables,
 )
 
 __all__ = [

@@ -19,7 +19,7 @@ from typing import Any
 
 import keras
 
-from keras_bn_tools._model_utils import batchnorm_layers
+from keras_bn_tools.graph import batchnorm_layers
 from keras_bn_tools.layers import MomentumBatchNormalization
 
 __all__ = ["PaperRenormSchedule", "RenormScheduler"]

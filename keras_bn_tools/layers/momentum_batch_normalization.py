@@ -25,12 +25,19 @@ from keras_bn_tools._validation import (
     check_axis,
     check_bool,
     check_epsilon,
+    check_int_in_range,
     check_momentum,
     check_positive_int,
     check_probability,
     check_renorm_clipping,
     check_statistic,
 )
+from keras_bn_tools.layers.interface import (
+    assign_keras_variables,
+    constructor_arguments,
+    keras_variables_of,
+)
+from keras_bn_tools.ops import affine_from_statistics, to_numpy
 
 __all__ = ["MomentumBatchNormalization"]
 
@@ -596,7 +603,7 @@ class MomentumBatchNormalization(keras.layers.BatchNormalization):
 
     # ------------------------------------------------------------------- state
 
-    def set_moving_statistics(self, mean: Any, variance: Any) -> None:
+    def set_moving_statistics(self, mean: Any, variance: Any, *, count: int | None = None) -> None:
         """Replace the moving statistics, keeping the layer's hidden state consistent.
 
         Writes `moving_mean` and `moving_variance` (e.g. exact population
@@ -610,6 +617,10 @@ class MomentumBatchNormalization(keras.layers.BatchNormalization):
         Args:
             mean: per-feature means, shape `(features,)` (a scalar is broadcast).
             variance: per-feature variances, shape `(features,)`, finite and >= 0.
+            count: how many batches the new statistics stand for:
+                `num_batches_tracked` becomes `count`, so that a cumulative
+                average (`momentum=None`) continues from them. None keeps the
+                current count.
 
         Raises:
             ValueError: if the layer is not built yet, or `mean` / `variance`
@@ -621,6 +632,8 @@ class MomentumBatchNormalization(keras.layers.BatchNormalization):
                 f"Cannot set the moving statistics (`mean`, `variance`) of layer {self.name!r}: "
                 "it is not built yet. Call it on data or `build(input_shape)` first."
             )
+        if count is not None:
+            count = check_int_in_range("count", count, minimum=0)
         shape = tuple(int(d) for d in self.moving_mean.shape)
         dtype = keras.backend.standardize_dtype(self.moving_mean.dtype)
         mean = check_statistic("mean", mean, shape, variance=False, dtype=dtype)
@@ -641,6 +654,87 @@ class MomentumBatchNormalization(keras.layers.BatchNormalization):
             self._bias_correction.assign(correction)
             self._biased_moving_mean.assign(mean * correction)
             self._biased_moving_second.assign(second * correction)
+        if count is not None:
+            self.num_batches_tracked.assign(count)
+
+    # ------------------------------------------------------- the BN interface
+
+    @property
+    def channel_axis(self) -> int:
+        """The feature axis, as given (`BatchNormInterface`)."""
+        return int(self.axis)
+
+    @property
+    def training_is_plain(self) -> bool:
+        """True when a training-mode call is plain BN with the batch's moments."""
+        return bool(self.trainable) and not self.renorm and self.virtual_batch_size is None
+
+    def moving_statistics(self) -> tuple[np.ndarray, np.ndarray]:
+        """`(moving_mean, moving_variance)` as NumPy copies."""
+        return to_numpy(self.moving_mean), to_numpy(self.moving_variance)
+
+    def affine_parameters(self) -> tuple[np.ndarray | None, np.ndarray | None]:
+        """`(gamma, beta)` as NumPy copies; None for one the layer does not have."""
+        gamma = to_numpy(self.gamma) if self.scale else None
+        beta = to_numpy(self.beta) if self.center else None
+        return gamma, beta
+
+    def inference_affine(self) -> tuple[np.ndarray, np.ndarray]:
+        """`(scale, shift)`, float64, with `layer(x, training=False) = x * scale + shift`."""
+        return affine_from_statistics(
+            *self.moving_statistics(), self.epsilon, *self.affine_parameters()
+        )
+
+    def keras_variables(self) -> dict[str, keras.Variable]:
+        """The variables `keras.layers.BatchNormalization` has, by name, in `weights` order."""
+        return keras_variables_of(self)
+
+    def statistic_variables(self) -> dict[str, keras.Variable]:
+        """Every state variable worth tracking, by name."""
+        found = self.keras_variables()
+        for name in ("batch_mean", "batch_variance", "num_batches_tracked"):
+            variable = getattr(self, name)
+            if variable is not None:
+                found[name] = variable
+        return found
+
+    def set_keras_variables(self, values) -> None:
+        """Assign Keras BN's variables (name -> array); the extra state starts fresh."""
+        self._check_attached("the moving statistics")
+        assign_keras_variables(self, values)
+        self._restart_extra_state()
+
+    def last_batch_statistics(self):
+        """`(batch_mean, batch_variance)` of the last training call (None before build)."""
+        if self.batch_mean is None:
+            return None
+        return (
+            ops.copy(ops.convert_to_tensor(self.batch_mean)),
+            ops.copy(ops.convert_to_tensor(self.batch_variance)),
+        )
+
+    def dropped_options(self, target: type) -> dict[str, Any]:
+        """The options (name -> value) of this layer that class `target` cannot represent.
+
+        An option is dropped when `target` has no such constructor argument
+        and this layer's value is not the default (`skip_nonfinite` is not
+        counted: it only matters for a non-finite batch), or when `target`
+        is not a `MomentumBatchNormalization` and `momentum` is None.
+        """
+        if isinstance(target, type) and issubclass(target, MomentumBatchNormalization):
+            return {}
+        accepted = constructor_arguments(target)
+        options = {"debias": (self.debias, False)}
+        options["virtual_batch_size"] = (self.virtual_batch_size, None)
+        options["renorm"] = (self.renorm, False)
+        dropped = {
+            name: value
+            for name, (value, default) in options.items()
+            if name not in accepted and value != default
+        }
+        if self.momentum is None:
+            dropped["momentum"] = None
+        return dropped
 
     def reset_moving_statistics(self) -> None:
         """Restart the moving statistics from their initial values.

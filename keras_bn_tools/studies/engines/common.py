@@ -4,7 +4,7 @@ seed, the protocol's loss, the scoring of a run's predictions, and which variabl
 
 The BN statistics are found exactly as `keras_bn_tools.callbacks.MovingStatsTracker`
 finds them: `batchnorm_layers`, keyed by `layer_keys`, read through
-`statistic_variables` (`keras_bn_tools._model_utils`).
+`statistic_variables` (`keras_bn_tools.graph`).
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from keras_bn_tools._model_utils import batchnorm_layers, layer_keys, statistic_variables
+from keras_bn_tools.graph import batchnorm_layers, layer_keys, statistic_variables
 from keras_bn_tools.studies.metrics import Metric, prepare_labels
 from keras_bn_tools.studies.protocol import Protocol, training_orders
 
