@@ -201,6 +201,11 @@ class RenormScheduler(keras.callbacks.Callback):
         limits = self._limits(step)
         if limits is None or limits == self._current:
             return
+        # JAX's fit keeps the live state outside the variables between steps and reads
+        # them again only after a sync: sync first, so the new limits reach the next step.
+        sync = getattr(self.model, "jax_state_sync", None)
+        if sync is not None:
+            sync()
         for layer in self._layers:
             layer.set_renorm_clipping(rmax=limits["rmax"], dmax=limits["dmax"])
         self._current = limits
