@@ -35,6 +35,8 @@ _LAZY_ATTRIBUTES = {
     "batchnorm_layers": "keras_bn_tools.graph",
     "convert_batchnorm": "keras_bn_tools.convert",
     "fold_batchnorm": "keras_bn_tools.folding",
+    "freeze_batchnorm": "keras_bn_tools.freezing",
+    "unfreeze_batchnorm": "keras_bn_tools.freezing",
     "recalibrate_batchnorm": "keras_bn_tools.recalibration",
     "MomentumBatchNormalization": "keras_bn_tools.layers",
 }
@@ -44,6 +46,7 @@ _LAZY_SUBMODULES = {
     "cli",
     "convert",
     "folding",
+    "freezing",
     "layers",
     "plotting",
     "recalibration",
@@ -62,14 +65,17 @@ __all__ = [
     "build_mlp",
     "convert_batchnorm",
     "fold_batchnorm",
+    "freeze_batchnorm",
     "insert_batchnorm",
     "recalibrate_batchnorm",
+    "unfreeze_batchnorm",
 ]
 
 if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
     from keras_bn_tools.builders import build_cnn, build_lstm, build_mlp
     from keras_bn_tools.convert import convert_batchnorm
     from keras_bn_tools.folding import fold_batchnorm
+    from keras_bn_tools.freezing import freeze_batchnorm, unfreeze_batchnorm
     from keras_bn_tools.graph import batchnorm_layers
     from keras_bn_tools.layers import MomentumBatchNormalization
     from keras_bn_tools.recalibration import recalibrate_batchnorm

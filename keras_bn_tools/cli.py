@@ -11,8 +11,9 @@ Each study prints its table and writes `results.json`, `results.csv` (one row
 per run per epoch), `runs.csv` (one row per run), `table.md`, `METRIC.png`
 (`accuracy.png`, `mae.png`, ...) and `loss.png` under `--out`. Every option is
 checked before any work: bad input prints one line naming the option and exits
-with status 2. Results are written to a hidden staging directory next to
-`--out` and moved into place only when everything is written; SIGINT, SIGTERM and SIGHUP remove the
+with status 2. Results are
+written to a hidden staging directory next to `--out` and moved into place
+only when everything is written; SIGINT, SIGTERM and SIGHUP remove the
 staging directory, so a stopped run leaves `--out` as it was.
 """
 

@@ -14,13 +14,10 @@ from hypothesis import strategies as st
 
 from keras_bn_tools.layers import FrozenBatchNormalization, MomentumBatchNormalization
 from keras_bn_tools.layers.interface import as_batchnorm, is_batchnorm
+from keras_bn_tools.ops import to_numpy
 
 backend_agnostic = pytest.mark.backend_agnostic
 few_under_jax = settings(max_examples=3) if keras.backend.backend() == "jax" else (lambda f: f)
-
-
-def to_numpy(value):
-    return np.asarray(keras.ops.convert_to_numpy(value))
 
 
 def _random_bn(shape, axis, seed, *, center=True, scale=True, cls=keras.layers.BatchNormalization):

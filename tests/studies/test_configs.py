@@ -32,8 +32,9 @@ SMALL = dataclasses.replace(
     BLOBS,
     configs={
         "bn": "BN before the ReLU",
-        "bn-small": Config("bn with batches of 7, 2 epochs, SGD", batch_size=7, epochs=2,
-                           optimizer=_sgd),  # fmt: skip
+        "bn-small": Config(
+            "bn with batches of 7, 2 epochs, SGD", batch_size=7, epochs=2, optimizer=_sgd
+        ),
     },
     default_configs=("bn", "bn-small"),
     build=lambda config: BLOBS.build("bn"),
