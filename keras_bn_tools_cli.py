@@ -36,7 +36,7 @@ EXIT_USAGE = 2
 #: `keras_bn_tools.studies.registry.BUILTIN`'s names and
 #: `keras_bn_tools.studies.engines.ENGINES`, which the parser cannot import without
 #: importing Keras (tests/test_cli.py keeps them equal).
-BUILTIN = ("circles", "digits", "sequence", "diabetes")
+BUILTIN = ("circles", "digits", "sequence", "diabetes", "sigmoid-mlp", "small-batch")
 ENGINES = ("auto", "compiled", "fit")
 #: `keras_bn_tools._validation.MAX_SEED` (a test keeps them equal).
 MAX_SEED = 2**32 - 1
@@ -86,9 +86,9 @@ def _add_study_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--seeds",
         type=_int_option(1, MAX_SEED + 1),
-        default=10,
+        default=None,
         metavar="N",
-        help="seeds per config: FIRST..FIRST+N-1 (default: 10)",
+        help="seeds per config: FIRST..FIRST+N-1 (default: 10; sigmoid-mlp 3, small-batch 1)",
     )
     parser.add_argument(
         "--first-seed",

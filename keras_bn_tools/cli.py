@@ -1,6 +1,8 @@
 """What the `keras-bn-tools` command runs, once `keras_bn_tools_cli` parsed its arguments.
 
 - `keras-bn-tools PROTOCOL [options]`: run a built-in study (`studies.registry.BUILTIN`).
+  `sigmoid-mlp` and `small-batch` are reproductions of published BN experiments
+  (`studies.experiments`): they also write their own table, data and plots.
 - `keras-bn-tools study MODULE:ATTR|FILE.py:ATTR [options]`: run the user's
   `Protocol` (`_cli_protocols` says how each is found).
 - `keras-bn-tools summary [WHAT] [--configs ...]`: a saved study's table, or each
@@ -100,6 +102,10 @@ def _write(result: Any, staging: Path, moving_stats: bool) -> str:
 
 
 def _run_study(args: argparse.Namespace) -> int:
+    from keras_bn_tools.studies.experiments import DEFAULT_SEEDS
+
+    if args.seeds is None:
+        args.seeds = DEFAULT_SEEDS.get(getattr(args, "protocol", None), 10)
     if args.first_seed + args.seeds - 1 > MAX_SEED:
         raise UsageError(
             f"--seeds/--first-seed: seeds {args.first_seed}..{args.first_seed + args.seeds - 1} "
@@ -112,15 +118,23 @@ def _run_study(args: argparse.Namespace) -> int:
     anchor = check_out(out, args.overwrite)
     _check_engine(args.engine)
     from keras_bn_tools.studies import run_study
+    from keras_bn_tools.studies.experiments import EXPERIMENTS, experiment_runner
 
     staging = make_staging(anchor, protocol.name)
     try:
-        result = run_study(
+        experiment = None if user else EXPERIMENTS.get(protocol.name)
+        run = experiment_runner(protocol.name) if experiment else run_study
+        result = run(
             protocol, configs, range(args.first_seed, args.first_seed + args.seeds),
             epochs=args.epochs, batch_size=args.batch_size, engine=args.engine,
             shuffle=args.shuffle, progress=not args.no_progress,
         )  # fmt: skip
+        if experiment:  # its own table, data and plots beside the study's files
+            extra, result = result, result.study
+            extra.write(staging)
         table = _write(result, staging, args.moving_stats)
+        if experiment:
+            table = f"{table}\n\n{extra.table()}"
         publish(staging, out)
     finally:
         remove_staging(staging)
