@@ -44,6 +44,7 @@ _LAZY_SUBMODULES = {
     "cli",
     "convert",
     "folding",
+    "graph",
     "layers",
     "plotting",
     "recalibration",
