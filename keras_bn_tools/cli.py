@@ -1,6 +1,8 @@
-"""The `keras-bn-tools` command (also `python -m keras_bn_tools`).
+"""What the `keras-bn-tools` command runs, once `keras_bn_tools_cli` parsed its arguments.
 
 - `keras-bn-tools PROTOCOL [options]`: run a built-in study (`studies.registry.BUILTIN`).
+  `sigmoid-mlp` and `small-batch` are reproductions of published BN experiments
+  (`studies.experiments`): they also write their own table, data and plots.
 - `keras-bn-tools study MODULE:ATTR|FILE.py:ATTR [options]`: run the user's
   `Protocol` (`_cli_protocols` says how each is found).
 - `keras-bn-tools summary [WHAT] [--configs ...]`: a saved study's table, or each
@@ -13,10 +15,18 @@ checked before any work: bad input prints one line naming the option and exits
 with status 2. Results are
 written to a hidden staging directory next to `--out` and moved into place
 only when everything is written; SIGINT, SIGTERM and SIGHUP remove the
+<<<<<<< HEAD
 staging directory, so a stopped run leaves `--out`'s results as they were. Each
 finished run is saved in `--out`'s `runs/` folder as it ends: `--resume`
 finishes an interrupted study (`_cli_scaling`: `--jobs`, `--cluster`,
 `--resume`, `--compile-cache`).
+=======
+staging directory, so a stopped run leaves `--out` as it was.
+
+The argument parser lives in the top-level module `keras_bn_tools_cli` (the
+console script's entry point), which imports this module, and with it Keras,
+only after the arguments parsed: `--help` does not wait for a backend to load.
+>>>>>>> main
 """
 
 from __future__ import annotations
@@ -25,7 +35,7 @@ import argparse
 import os
 import signal
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -39,12 +49,16 @@ from keras_bn_tools._cli_output import (
     stop_on_signals,
 )
 from keras_bn_tools._cli_protocols import builtin_protocol, saved_study, user_protocol
+<<<<<<< HEAD
 from keras_bn_tools._cli_scaling import add_scaling_options, check_scaling, prepare_out, scaled
 from keras_bn_tools._validation import MAX_SEED, check_int_in_range
 from keras_bn_tools.studies.engines import ENGINES
+=======
+from keras_bn_tools._validation import MAX_SEED
+>>>>>>> main
 from keras_bn_tools.studies.registry import BUILTIN
 
-__all__ = ["main"]
+__all__ = ["OUTPUTS", "UsageError", "protocol_epilog", "run"]
 
 PROG = "keras-bn-tools"
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
@@ -52,6 +66,7 @@ _KEPT = "--out's results are as they were; its finished runs (runs/) are kept fo
 OUTPUTS = ("results.json", "results.csv", "runs.csv", "table.md", "accuracy.png", "loss.png")
 
 
+<<<<<<< HEAD
 def _int_option(minimum: int, maximum: int | None = None) -> Callable[[str], int]:
     """An argparse `type`: an integer in `[minimum, maximum]`, via `_validation`."""
 
@@ -196,6 +211,8 @@ def _build_parser(argv: Sequence[str]) -> argparse.ArgumentParser:
     return parser
 
 
+=======
+>>>>>>> main
 # --------------------------------------------------------------------------- checks
 
 
@@ -246,6 +263,10 @@ def _write(result: Any, staging: Path, moving_stats: bool) -> str:
 
 
 def _run_study(args: argparse.Namespace) -> int:
+    from keras_bn_tools.studies.experiments import DEFAULT_SEEDS
+
+    if args.seeds is None:
+        args.seeds = DEFAULT_SEEDS.get(getattr(args, "protocol", None), 10)
     if args.first_seed + args.seeds - 1 > MAX_SEED:
         raise UsageError(
             f"--seeds/--first-seed: seeds {args.first_seed}..{args.first_seed + args.seeds - 1} "
@@ -261,10 +282,12 @@ def _run_study(args: argparse.Namespace) -> int:
 
     cache = check_scaling(args, keras.backend.backend())
     from keras_bn_tools.studies import run_study
+    from keras_bn_tools.studies.experiments import EXPERIMENTS, experiment_runner
 
     prepare_out(out, overwrite=args.overwrite)
     staging = make_staging(anchor, protocol.name)
     try:
+<<<<<<< HEAD
         from keras_bn_tools.studies.store import CorruptRunFileError, StudyMismatchError
 
         try:
@@ -277,7 +300,21 @@ def _run_study(args: argparse.Namespace) -> int:
                 )  # fmt: skip
         except (StudyMismatchError, CorruptRunFileError) as error:  # found before training
             raise UsageError(f"--out {str(out)!r} (--resume): {error}") from None
+=======
+        experiment = None if user else EXPERIMENTS.get(protocol.name)
+        run = experiment_runner(protocol.name) if experiment else run_study
+        result = run(
+            protocol, configs, range(args.first_seed, args.first_seed + args.seeds),
+            epochs=args.epochs, batch_size=args.batch_size, engine=args.engine,
+            shuffle=args.shuffle, progress=not args.no_progress,
+        )  # fmt: skip
+        if experiment:  # its own table, data and plots beside the study's files
+            extra, result = result, result.study
+            extra.write(staging)
+>>>>>>> main
         table = _write(result, staging, args.moving_stats)
+        if experiment:
+            table = f"{table}\n\n{extra.table()}"
         publish(staging, out)
     finally:
         remove_staging(staging)
@@ -314,18 +351,27 @@ def _run_summary(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Run the command line with `argv` (default `sys.argv[1:]`); return the exit status."""
-    argv = list(sys.argv[1:] if argv is None else argv)
-    parser = _build_parser(argv)
+def protocol_epilog(name: str) -> str | None:
+    """The `--help` epilog of a built-in protocol: its description and configs."""
     try:
-        args = parser.parse_args(argv)
-    except SystemExit as exit_:  # --help, --version and argparse's usage errors
-        return int(exit_.code) if isinstance(exit_.code, int) else EXIT_USAGE
+        protocol = builtin_protocol(name)
+    except UsageError:
+        return None
+    configs = "; ".join(f"{c}: {protocol.config(c).description}" for c in protocol.configs)
+    return f"{protocol.description} Configs: {configs}."
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run the command that `keras_bn_tools_cli` parsed into `args`; return the exit status.
+
+    Bad input found here prints one line and returns 2; SIGINT, SIGTERM and SIGHUP
+    leave `--out` as it was. The command line itself is `keras_bn_tools_cli.main`.
+    """
+    handler = _run_summary if args.command == "summary" else _run_study
     where = f"{PROG} {args.command}"
     try:
         with stop_on_signals():
-            return args.handler(args)
+            return handler(args)
     except UsageError as error:
         print(f"{where}: error: {error}", file=sys.stderr)
         return EXIT_USAGE
@@ -340,7 +386,3 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         print(f"{where}: error: {type(error).__name__}: {error}", file=sys.stderr)
         return EXIT_FAILURE
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -22,6 +22,8 @@ BUILTIN: dict[str, str] = {
     "digits": "digits",
     "sequence": "sequence",
     "diabetes": "diabetes",
+    "sigmoid-mlp": "sigmoid_mlp",
+    "small-batch": "small_batch",
 }
 
 
