@@ -1,5 +1,6 @@
 """The command line's scaling options: `--jobs`, `--cluster`, `--address`, `--resume`,
-`--compile-cache`, each checked before any work (bad input: exit 2, the option named).
+`--compile-cache` (parsed by `keras_bn_tools_cli`), each checked before any work
+(bad input: exit 2, the option named).
 
 - `--jobs N` is `run_study(n_jobs=N)`; `--cluster dask|ray` runs the jobs on a
   Dask or Ray cluster (`--address` of a running one, else a local one of
@@ -20,55 +21,21 @@ from pathlib import Path
 
 from keras_bn_tools._cli_output import UsageError
 
-__all__ = ["add_scaling_options", "check_scaling", "prepare_out", "scaled"]
+__all__ = ["check_scaling", "prepare_out", "scaled"]
 
 
-def _jobs(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-    if value == 0 or value < -1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer or -1, got {text}")
-    return value
-
-
-def add_scaling_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--jobs", type=_jobs, default=1, metavar="N",
-        help="processes that run the study (-1: every core; default: 1); results are "
-        "identical, run for run, whatever N",
-    )  # fmt: skip
-    parser.add_argument(
-        "--cluster", choices=["loky", "dask", "ray"], default="loky",
-        help="where the --jobs run: 'loky' (default: local processes), 'dask' (a Dask "
-        "cluster: --address, else a LocalCluster of --jobs workers; pip install "
-        "'keras-bn-tools[dask]') or 'ray' (pip install 'keras-bn-tools[ray]')",
-    )  # fmt: skip
-    parser.add_argument(
-        "--address", metavar="ADDR",
-        help="the running Dask scheduler (tcp://host:8786) or Ray cluster (ray://host:10001) "
-        "for --cluster",
-    )  # fmt: skip
-    parser.add_argument(
-        "--resume", action="store_true",
-        help="finish the study whose finished runs --out keeps in runs/ (each saved as it "
-        "ends): run only the missing ones; a different study is refused",
-    )  # fmt: skip
-    parser.add_argument(
-        "--compile-cache", metavar="DIR",
-        help="JAX's persistent compilation cache for the study's programs (default: "
-        "$KERAS_BN_TOOLS_COMPILE_CACHE, else ~/.cache/keras-bn-tools/jax-compile-cache; "
-        "'off': none)",
-    )  # fmt: skip
-
-
-def check_scaling(args: argparse.Namespace, backend: str) -> str | None:
+def check_scaling(args: argparse.Namespace, backend: str, *, experiment: bool = False
+                  ) -> str | None:  # fmt: skip
     """Check the scaling options before any work; return the compile cache folder
     to use (None: none)."""
     from keras_bn_tools.studies import compile_cache
     from keras_bn_tools.studies.parallel import check_cluster_backend
 
+    if experiment and (args.jobs != 1 or args.resume or args.cluster != "loky"):
+        raise UsageError(
+            f"--jobs/--cluster/--resume: the {args.protocol} experiment runs its own "
+            f"measurements in one process; run it without them"
+        )
     if args.resume and args.overwrite:
         raise UsageError("--resume and --overwrite: choose one (keep the runs, or start over)")
     if args.address is not None and args.cluster == "loky":

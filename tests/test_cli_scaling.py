@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from keras_bn_tools import cli
+import keras_bn_tools_cli as cli
 
 STUDIES = Path(__file__).resolve().parent / "studies"
 BLOBS = ["study", "study_protocols:BLOBS", "--configs", "bn", "--seeds", "2", "--epochs", "1",
