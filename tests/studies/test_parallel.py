@@ -198,7 +198,11 @@ def test_a_worker_killed_under_dask_is_recovered(serial, dask_client, tmp_path):
 
 @pytest.mark.slow
 def test_a_local_ray_study_equals_the_serial_study(serial, tmp_path):
-    pytest.importorskip("ray")
+    pytest.importorskip(
+        "ray",
+        reason="Ray is not in the test extra (pip install "
+        "'keras-bn-tools[ray]' to run this test); docs/scaling.md",
+    )
     with parallel.cluster_backend("ray", workers=2):
         result = run_study(BLOBS, **STUDY, n_jobs=-1, out=tmp_path)
     assert_same_runs(result, serial)
