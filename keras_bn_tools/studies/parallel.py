@@ -248,9 +248,17 @@ def _run_unit_remote(context: UnitContext, unit: Unit) -> list[Any]:
 # --------------------------------------------------------------------------- the study side
 
 
+#: Sets the threads of each worker process, in place of cores // workers.
+THREADS_ENV = "KERAS_BN_TOOLS_WORKER_THREADS"
+
+
 def worker_threads(n_jobs: int, units: int) -> int:
-    """Threads per worker: this machine's cores shared by the workers that run at once."""
+    """Threads per worker: this machine's cores shared by the workers that run at once
+    (`$KERAS_BN_TOOLS_WORKER_THREADS` if set)."""
     import joblib
+
+    if os.environ.get(THREADS_ENV):
+        return max(1, int(os.environ[THREADS_ENV]))
 
     workers = max(1, min(joblib.effective_n_jobs(n_jobs), units))
     return max(1, (os.cpu_count() or 1) // workers)
