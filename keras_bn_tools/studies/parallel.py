@@ -171,7 +171,9 @@ def limit_threads(threads: int, backend: str) -> None:
     for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS",
                  "TF_NUM_INTRAOP_THREADS"):  # fmt: skip
         os.environ[name] = count
-    os.environ["TF_NUM_INTEROP_THREADS"] = "1" if threads <= 2 else "2"
+    # Two inter-op threads whatever `threads`: they schedule more than they compute, and
+    # the TensorFlow engine's graph calls and its next seeds' models need one each.
+    os.environ["TF_NUM_INTEROP_THREADS"] = "2"
     if threads == 1 and "jax" not in sys.modules:
         flags = os.environ.get("XLA_FLAGS", "")
         if "xla_cpu_multi_thread_eigen" not in flags:
