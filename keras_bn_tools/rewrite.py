@@ -7,23 +7,21 @@ from typing import Any
 
 import keras
 
-from keras_bn_tools._keras_compat import (
-    copy_lambda,
-    graph_input_name,
-    inbound_tensors,
-    is_functional,
-    producer,
-)
-from keras_bn_tools._model_utils import (
-    NormalizationFactory,
-    batchnorm_layers,
-    is_linear,
-    unique_name,
-)
+from keras_bn_tools._keras_compat import inbound_tensors, producer
+from keras_bn_tools._model_utils import NormalizationFactory, is_linear, unique_name
 from keras_bn_tools._validation import check_bool
+from keras_bn_tools.graph import (
+    CallablePolicy,
+    Policy,
+    batchnorm_layers,
+    check_graph_model,
+    clone_model,
+    copy_layer,
+)
+from keras_bn_tools.layers import BatchNormLSTM
 from keras_bn_tools.placement import Placement, parse_placement
 
-# `batchnorm_layers` is re-exported from the shared model utilities.
+# `batchnorm_layers` is re-exported from the graph module.
 __all__ = ["DEFAULT_LAYER_TYPES", "batchnorm_layers", "insert_batchnorm", "replace_layers"]
 
 #: `replace(layer)` returns the layer's replacement (new, built, with its weights) or None.
@@ -105,9 +103,11 @@ def insert_batchnorm(
     placement = parse_placement(placement, "placement")
     layer_types = _check_layer_types(layer_types)
     skip_output = check_bool("skip_output", skip_output)
-    _check_graph_model(model)
-    rewriter = _Rewriter(placement, layer_types, NormalizationFactory(bn_layer))
-    return rewriter.rewrite(model, skip_output=skip_output)
+    check_graph_model(model)
+    policy = _InsertionPolicy(
+        model, placement, layer_types, NormalizationFactory(bn_layer), skip_output=skip_output
+    )
+    return clone_model(model, policy)
 
 
 def replace_layers(model: keras.Model, replace: Replacement) -> keras.Model:
@@ -132,30 +132,10 @@ def replace_layers(model: keras.Model, replace: Replacement) -> keras.Model:
             `replace` is not callable.
         ValueError: if a kept layer cannot be copied from its config.
     """
-    _check_graph_model(model)
+    check_graph_model(model)
     if not callable(replace):
         raise TypeError(f"`replace` must be a callable (layer -> layer or None), got {replace!r}.")
-    rewriter = _Rewriter(Placement.NONE, DEFAULT_LAYER_TYPES, None, replace=replace)
-    return rewriter.rewrite(model, skip_output=False)
-
-
-def _check_graph_model(model: Any) -> None:
-    if not is_functional(model):
-        raise TypeError(
-            f"`model` must be a keras.Sequential or a functional keras.Model, got "
-            f"{model!r} ({type(model).__name__}). Subclassed models have no layer graph "
-            f"to rewrite."
-        )
-
-
-def _input_like(tensor: Any) -> Any:
-    """A new `keras.Input` like `tensor`, with the name of the `InputLayer` that made it."""
-    return keras.Input(
-        batch_shape=tensor.shape,
-        dtype=tensor.dtype,
-        sparse=tensor.sparse,
-        name=graph_input_name(tensor),
-    )
+    return clone_model(model, CallablePolicy(replace))
 
 
 def _check_layer_types(layer_types: Any) -> tuple[type[keras.layers.Layer], ...]:
@@ -181,88 +161,31 @@ def _check_layer_types(layer_types: Any) -> tuple[type[keras.layers.Layer], ...]
     return items
 
 
-class _Rewriter:
-    """One `insert_batchnorm` call: the settings and the per-model bookkeeping."""
+class _InsertionPolicy(Policy):
+    """`insert_batchnorm` as a `graph.Policy`: BN after (or inside) the matching layers."""
 
     def __init__(
         self,
+        model: keras.Model,
         placement: Placement,
         layer_types: tuple[type, ...],
-        make_bn: Any,
-        replace: Replacement | None = None,
+        make_bn: NormalizationFactory,
+        *,
+        skip_output: bool,
     ) -> None:
         self.placement = placement
         self.layer_types = layer_types
         self.make_bn = make_bn
-        self.replace = replace
+        self.at_output = self._output_layers(model) if skip_output else set()
+        self.taken = {layer.name for layer in model.layers}
 
-    def rewrite(self, model: keras.Model, *, skip_output: bool) -> keras.Model:
-        at_output = self._output_layers(model) if skip_output else set()
-        taken = {layer.name for layer in model.layers}
-        copies: list[tuple[keras.layers.Layer, keras.layers.Layer]] = []
-
-        def clone(layer: keras.layers.Layer) -> keras.layers.Layer:
-            return self._clone(layer, id(layer) in at_output, copies)
-
-        def extras(original: keras.layers.Layer) -> list[keras.layers.Layer]:
-            return [] if id(original) in at_output else self._extras(original, taken)
-
-        if isinstance(model, keras.Sequential):
-            new_model = self._rewrite_sequential(model, clone, extras)
-        else:
-            new_model = self._rewrite_functional(model, clone, extras)
-        for original, new in copies:
-            if original.weights:
-                if not new.built:
-                    new.build_from_config(original.get_build_config())
-                new.set_weights(original.get_weights())
-        if not model.trainable:
-            new_model.trainable = False
-        return new_model
-
-    @staticmethod
-    def _rewrite_sequential(model: keras.Sequential, clone, extras) -> keras.Sequential:
-        layers: list[keras.layers.Layer] = []
-        for layer in model.layers:
-            new = clone(layer)
-            layers += [new, *extras(layer)]
-        try:
-            spec = model.inputs[0]
-        except AttributeError:  # not built: the copy is not built either
-            head = []
-        else:
-            head = [_input_like(spec)]
-        new_model = keras.Sequential(head + layers, name=model.name)
-        if model.compiled:
-            new_model.compile_from_config(model.get_compile_config())
-        return new_model
-
-    @staticmethod
-    def _rewrite_functional(model: keras.Model, clone, extras) -> keras.Model:
-        originals: dict[int, keras.layers.Layer] = {}
-        added: dict[int, list[keras.layers.Layer]] = {}
-
-        def clone_function(layer):
-            new = clone(layer)
-            originals[id(new)] = layer
-            return new
-
-        def call_function(layer, *args, **kwargs):
-            outputs = layer(*args, **kwargs)
-            if id(layer) not in added:  # once per layer: a shared layer shares its BN
-                added[id(layer)] = extras(originals[id(layer)])
-            sequence = isinstance(outputs, list | tuple)
-            x = outputs[0] if sequence else outputs  # an RNN's states keep no BN
-            for extra in added[id(layer)]:
-                x = extra(x)
-            return type(outputs)([x, *outputs[1:]]) if sequence else x
-
-        # clone_model recreates the graph and compiles like the original.
-        return keras.models.clone_model(
+    def nested(self, model: keras.Model) -> Policy:
+        return _InsertionPolicy(
             model,
-            input_tensors=keras.tree.map_structure(_input_like, model.input),
-            clone_function=clone_function,
-            call_function=call_function,
+            self.placement,
+            self.layer_types,
+            self.make_bn,
+            skip_output=id(model) in self.at_output,
         )
 
     def _matches(self, layer: Any) -> bool:
@@ -299,42 +222,36 @@ class _Rewriter:
                 pending += inbound_tensors(op, node_index)
         return found
 
-    def _clone(self, layer: Any, at_output: bool, copies: list) -> Any:
-        if is_functional(layer):
-            return self.rewrite(layer, skip_output=at_output)
-        if self.replace is not None:
-            new = self.replace(layer)
-            if new is not None:
-                return new
-        if isinstance(layer, keras.layers.Lambda):
-            # Its function cannot be deserialized in safe mode; the copy shares the function.
-            new = copy_lambda(layer)
-            copies.append((layer, new))
-            return new
+    def replace(self, layer: Any) -> Any:
+        """With placement "before", a matching layer loses its activation (or, an LSTM,
+        becomes a `BatchNormLSTM`); every other layer is copied."""
+        if (
+            self.placement is not Placement.BEFORE
+            or not self._matches(layer)
+            or id(layer) in self.at_output
+        ):
+            return None
+        if isinstance(layer, keras.layers.LSTM):
+            return BatchNormLSTM.from_lstm(layer)
         config = layer.get_config()
-        if self.placement is Placement.BEFORE and self._matches(layer) and not at_output:
-            if isinstance(layer, keras.layers.LSTM):
-                from keras_bn_tools.layers import BatchNormLSTM
+        self._check_splittable(layer, config)
+        config["activation"] = "linear"
+        return copy_layer(layer, config=config)
 
-                return BatchNormLSTM.from_lstm(layer)
-            self._check_splittable(layer, config)
-            config["activation"] = "linear"
-        new = _from_config(layer, config)
-        if isinstance(layer, keras.layers.Layer):
-            copies.append((layer, new))
-        return new
-
-    def _extras(self, original: Any, taken: set[str]) -> list[keras.layers.Layer]:
-        """The layers that go right after the copy of `original`; their names join `taken`."""
+    def insert_after(self, original: Any) -> list[keras.layers.Layer]:
+        """The layers that go right after the copy of `original`; their names are taken."""
+        if id(original) in self.at_output:
+            return []
         if self.placement is Placement.NONE or not self._matches(original):
             return []
         if self.placement is Placement.BEFORE and isinstance(original, keras.layers.LSTM):
             return []  # BatchNormLSTM normalizes inside its cell
-        bn = self.make_bn(channels_first=getattr(original, "data_format", None) == "channels_first")
-        bn.name = unique_name(f"{original.name}_bn", taken)
+        channels_first = getattr(original, "data_format", None) == "channels_first"
+        bn = self.make_bn(channels_first=channels_first)
+        bn.name = unique_name(f"{original.name}_bn", self.taken)
         if self.placement is Placement.AFTER or is_linear(original.activation):
             return [bn]
-        name = unique_name(f"{original.name}_activation", taken)
+        name = unique_name(f"{original.name}_activation", self.taken)
         return [bn, keras.layers.Activation(original.activation, name=name)]
 
     @staticmethod
@@ -349,16 +266,3 @@ class _Rewriter:
                 f"keras_bn_tools.layers.BatchNormLSTM). Use placement='after' for {kind}, "
                 f"or leave {kind} out of `layer_types`."
             )
-
-
-def _from_config(layer: Any, config: dict) -> Any:
-    """`layer`'s class re-created from `config`, or a ValueError that says what to do."""
-    try:
-        return layer.__class__.from_config(config)
-    except Exception as error:
-        raise ValueError(
-            f"Cannot copy layer {layer.name!r} ({type(layer).__name__}) from its config: "
-            f"{type(error).__name__}: {error}. The rewritten model needs a new copy of every "
-            f"layer; give {type(layer).__name__} a get_config() that returns every constructor "
-            f"argument (https://keras.io/guides/serialization_and_saving/)."
-        ) from error

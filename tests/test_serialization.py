@@ -20,6 +20,7 @@ from keras_bn_tools.layers import (
     BatchNormLSTM,
     BatchNormLSTMCell,
     ChannelAffine,
+    FrozenBatchNormalization,
     MomentumBatchNormalization,
 )
 
@@ -51,11 +52,15 @@ def _models() -> dict[str, tuple[keras.Model, np.ndarray]]:
     )
     bn(flat, training=True)
     folded = fold_batchnorm(bn)
+    frozen_bn = FrozenBatchNormalization.from_batchnorm(bn.layers[1])
+    frozen = keras.Sequential([keras.Input((3,)), keras.layers.Dense(4), frozen_bn])
+    frozen.layers[0].set_weights(bn.layers[0].get_weights())
     return {
         "momentum": (momentum, flat),
         "lstm": (lstm, sequences),
         "cell": (cell, sequences),
         "folded": (folded, flat),
+        "frozen": (frozen, flat),
     }
 
 

@@ -7,8 +7,8 @@ from collections.abc import Callable
 
 import keras
 
-from keras_bn_tools._model_utils import batchnorm_layers
 from keras_bn_tools._validation import check_momentum
+from keras_bn_tools.graph import batchnorm_layers
 
 __all__ = ["MomentumScheduler"]
 

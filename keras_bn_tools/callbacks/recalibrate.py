@@ -6,8 +6,8 @@ from typing import Any
 
 import keras
 
-from keras_bn_tools._model_utils import batchnorm_layers
 from keras_bn_tools._validation import check_choice, check_positive_int
+from keras_bn_tools.graph import batchnorm_layers, num_inputs
 from keras_bn_tools.recalibration import (
     METHODS,
     BatchSource,
@@ -75,6 +75,11 @@ class RecalibrateBatchNorm(keras.callbacks.Callback):
         self.reports: list[RecalibrationReport] = []
 
     def on_train_begin(self, logs=None):
+        if isinstance(self.data, list) and (count := num_inputs(self.model)) is not None:
+            # `[x1, x2]` for a two-input model: the model decides how a list is read.
+            self._batches = BatchSource(
+                self.data, self.batch_size, self.num_batches, num_inputs=count
+            )
         if not batchnorm_layers(self.model):
             raise ValueError(
                 f"RecalibrateBatchNorm: model {self.model.name!r} has no batch normalization "

@@ -14,8 +14,10 @@ replaces that estimate with statistics recomputed under the final weights
   with Chan et al.'s parallel update. The data is read once per BN layer
   (each pass stops at its layer), plus one probe batch.
 - `method="single_pass"`: fvcore's `update_bn_stats` (Detectron2's precise
-  BN). One pass in training mode; each layer averages its per-batch means and
-  variances. About the cost of one training-mode forward pass.
+  BN) with its population-variance estimator. One pass in training mode; each
+  layer pools its per-batch means and variances, weighted by batch size, the
+  spread of the batch means included. About the cost of one training-mode
+  forward pass.
 
 Modules: `data` (`BatchSource`, the forms of data accepted), `statistics`
 (the accumulators), `report` (`RecalibrationReport`), `core` (the passes).

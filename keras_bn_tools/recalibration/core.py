@@ -8,8 +8,10 @@ from typing import Any
 import keras
 import numpy as np
 
-from keras_bn_tools._model_utils import batchnorm_layers, layer_keys
-from keras_bn_tools._validation import check_choice, check_positive_int, check_statistic
+from keras_bn_tools._validation import check_choice, check_positive_int
+from keras_bn_tools.graph import batchnorm_layers, layer_keys, num_inputs
+from keras_bn_tools.layers.interface import as_batchnorm
+from keras_bn_tools.ops import to_numpy
 from keras_bn_tools.recalibration.data import BatchSource, num_rows
 from keras_bn_tools.recalibration.passes import (
     Result,
@@ -55,31 +57,7 @@ def _check_batched(model: keras.Model, batch: Any, source: BatchSource) -> None:
     )
 
 
-# --------------------------------------------------------------------------- writing
-
-
-def _set_statistics(layer: keras.layers.Layer, mean: np.ndarray, variance: np.ndarray) -> None:
-    # MomentumBatchNormalization keeps hidden state (debias averages, renorm
-    # stddev) that must agree with the published statistics; it knows how.
-    if hasattr(layer, "set_moving_statistics"):
-        layer.set_moving_statistics(mean, variance)
-        return
-
-    def assign(variable, value):
-        dtype = keras.backend.standardize_dtype(variable.dtype)
-        variable.assign(np.asarray(value, dtype=dtype))
-
-    # Statistics beyond the variables' float range would be written as inf.
-    dtype = keras.backend.standardize_dtype(layer.moving_mean.dtype)
-    shape = tuple(mean.shape)
-    mean = check_statistic("mean", mean, shape, variance=False, dtype=dtype)
-    variance = check_statistic("variance", variance, shape, variance=True, dtype=dtype)
-    assign(layer.moving_mean, mean)
-    assign(layer.moving_variance, variance)
-    # Keras's batch renormalization derives moving_variance from moving_stddev
-    # at each training step; keep the two consistent.
-    if getattr(layer, "renorm", False) and getattr(layer, "moving_stddev", None) is not None:
-        assign(layer.moving_stddev, np.sqrt(variance + layer.epsilon))
+# --------------------------------------------------------------------------- backup
 
 
 def _backup(model: keras.Model, layers: list[keras.layers.Layer]) -> list[tuple[Any, np.ndarray]]:
@@ -87,7 +65,7 @@ def _backup(model: keras.Model, layers: list[keras.layers.Layer]) -> list[tuple[
     variables = {id(v): v for v in model.non_trainable_variables}
     for layer in layers:
         variables.update({id(v): v for v in layer.non_trainable_variables})
-    return [(v, keras.ops.convert_to_numpy(v).copy()) for v in variables.values()]
+    return [(v, to_numpy(v)) for v in variables.values()]
 
 
 def _restore(backup: list[tuple[Any, np.ndarray]]) -> None:
@@ -115,15 +93,16 @@ def recalibrate_batchnorm(
     what inference will see. The data is read once per BN layer (each pass
     stops at its layer).
 
-    `method="single_pass"`: fvcore's precise BN (`update_bn_stats`). The data
-    is run once through `model` in *training* mode (batch statistics in every
-    BN layer, Dropout on), and each layer's statistics become the plain average
-    of its per-batch means and per-batch (biased) variances. Cheaper, but not
-    the population statistics: the average of batch variances misses the
-    variance of the batch means (about `(B - 1) / B` of the population
-    variance for batches of `B` independent samples), a smaller last batch
-    weighs as much as a full one, and each layer's input is computed with the
-    earlier layers' batch statistics rather than their new moving ones.
+    `method="single_pass"`: fvcore's precise BN (`update_bn_stats` with its
+    population-variance estimator). The data is run once through `model` in
+    *training* mode (batch statistics in every BN layer, Dropout on), and each
+    layer's per-batch means and (biased) variances are pooled as one
+    population: every batch weighted by its number of values, the spread of
+    the batch means included. A BN layer that sees the data itself (the
+    model's first layer) gets exactly the population statistics of the data,
+    whatever the batch sizes; a later layer's input is computed with the
+    earlier layers' batch statistics rather than their new moving ones, which
+    is what makes it cheaper than `"exact"` and not identical to it.
 
     Trainable weights and every other layer are left untouched; if anything
     fails, every statistic is restored. A batch whose statistics at a layer
@@ -140,7 +119,10 @@ def recalibrate_batchnorm(
         model: a Keras model with at least one BN layer.
         data: NumPy arrays or tensors (`x`, `(x, y)`, `(x, y, sample_weight)`,
             or a dict of input arrays), sliced into `batch_size` rows; a list
-            of batches (a list is never read as `[x, y]`); a batched
+            of batches (a list is never read as `[x, y]`), except that for a
+            model with `k >= 2` inputs a list of exactly `k` arrays is the
+            inputs `[x1, ..., xk]`, as `fit` reads it (the rule is decided by
+            the model's number of inputs); a batched
             `tf.data.Dataset`, a `keras.utils.PyDataset`, or any iterable of
             batches (`x` or `(x, y[, sample_weight])`); or a `BatchSource`. A
             one-shot iterator or generator is cached in memory for
@@ -188,7 +170,9 @@ def recalibrate_batchnorm(
         )
     keys = dict(zip(map(id, layers), layer_keys(layers), strict=True))
     # RecalibrateBatchNorm passes a BatchSource, so a generator's cache outlives one call.
-    batches = data if isinstance(data, BatchSource) else BatchSource(data, batch_size, num_batches)
+    if not isinstance(data, BatchSource):
+        data = BatchSource(data, batch_size, num_batches, num_inputs=num_inputs(model))
+    batches = data
     first = next(iter(batches), None)
     if first is None or num_rows(first) == 0:
         raise ValueError("`data` yielded no samples: cannot compute population statistics.")
@@ -201,53 +185,65 @@ def recalibrate_batchnorm(
         order, calls = call_order(model, layers, first) if method == "exact" else (layers, {})
     except (ValueError, TypeError) as error:
         raise misfit(model, error) from error
-    backup = _backup(model, layers)
-    values = {id(variable): value for variable, value in backup}
-    old = {
-        id(layer): (
-            np.asarray(values[id(layer.moving_mean)], np.float64),
-            np.asarray(values[id(layer.moving_variance)], np.float64),
-        )
-        for layer in layers
-    }
-    report = RecalibrationReport()
-    report.method = method
-
-    def commit(layer: keras.layers.Layer, result: Result | None) -> None:
-        if result is None:
-            raise ValueError(
-                f"`data` gave BN layer {keys[id(layer)]!r} no finite, unmasked values: cannot "
-                "compute its statistics (is there a NaN or an infinity in every batch?)."
-            )
-        mean, variance, values, skipped_batches = result
-        _set_statistics(layer, mean, variance)
-        report[keys[id(layer)]] = shift_entry(
-            *old[id(layer)],
-            mean,
-            variance,
-            epsilon=layer.epsilon,
-            num_values=values,
-            skipped_batches=skipped_batches,
-        )
-
+    writer = _Writer(model, layers, keys, method)
     try:
         if method == "exact":
-            seen = exact_pass(model, order, calls, batches, commit)
+            seen = exact_pass(model, order, calls, batches, writer.commit)
         else:
             results, order, *seen = single_pass(model, layers, batches)
             # The training-mode pass touched the state of the layers it ran
             # (Dropout's seeds, non-plain BN); plain BN layers were not updated.
             untouched = {id(v) for layer in layers if is_plain(layer) for v in layer.variables}
-            _restore([(v, value) for v, value in backup if id(v) not in untouched])
+            _restore([(v, value) for v, value in writer.backup if id(v) not in untouched])
             for layer in order:
-                commit(layer, results[id(layer)])
+                writer.commit(layer, results[id(layer)])
     except BaseException:
-        _restore(backup)
+        _restore(writer.backup)
         raise
+    report = writer.report
     report.num_batches, report.num_samples = seen
     report.num_skipped_batches = max(item["skipped_batches"] for item in report.values())
     _warn(model, report, [keys[id(layer)] for layer in layers if keys[id(layer)] not in report])
     return report
+
+
+class _Writer:
+    """Writes each layer's new statistics and its report entry; keeps the backup."""
+
+    def __init__(
+        self, model: keras.Model, layers: list[keras.layers.Layer], keys: dict, method: str
+    ) -> None:
+        self.keys = keys
+        self.backup = _backup(model, layers)
+        self.old = {
+            id(layer): tuple(
+                np.asarray(v, np.float64) for v in as_batchnorm(layer).moving_statistics()
+            )
+            for layer in layers
+        }
+        self.report = RecalibrationReport()
+        self.report.method = method
+
+    def commit(self, layer: keras.layers.Layer, result: Result | None) -> None:
+        key = self.keys[id(layer)]
+        if result is None:
+            raise ValueError(
+                f"`data` gave BN layer {key!r} no finite, unmasked values: cannot "
+                "compute its statistics (is there a NaN or an infinity in every batch?)."
+            )
+        mean, variance, values, skipped_batches, used_batches = result
+        bn = as_batchnorm(layer)
+        # The statistics stand for `used_batches` batches: a cumulative average
+        # (MomentumBatchNormalization(momentum=None)) continues from them.
+        bn.set_moving_statistics(mean, variance, count=used_batches)
+        self.report[key] = shift_entry(
+            *self.old[id(layer)],
+            mean,
+            variance,
+            epsilon=bn.epsilon,
+            num_values=values,
+            skipped_batches=skipped_batches,
+        )
 
 
 def _warn(model: keras.Model, report: RecalibrationReport, uncalled: list[str]) -> None:

@@ -39,6 +39,17 @@ def _inputs_of(element: Any) -> Any:
     return element
 
 
+def _is_input_list(x: Any, num_inputs: int | None) -> bool:
+    """True if `x` is `[x1, ..., xk]` for a model with `k = num_inputs >= 2` inputs."""
+    return (
+        isinstance(x, list)
+        and num_inputs is not None
+        and num_inputs >= 2
+        and len(x) == num_inputs
+        and all(_is_array(item) for item in x)
+    )
+
+
 def _check_batch(batch: Any) -> None:
     leaves = keras.tree.flatten(batch)
     if not leaves or not all(_is_array(leaf) for leaf in leaves):
@@ -63,7 +74,11 @@ class BatchSource:
       `(x,)`, `(x, y)` or `(x, y, sample_weight)` (Keras's convention: only `x`
       is used), or a dict of input arrays;
     - a **list** is a list of batches (each `x` or `(x, y[, sample_weight])`),
-      never `[x, y]`: pass a tuple for that;
+      never `[x, y]`: pass a tuple for that. One exception, decided by the
+      model's number of inputs: for a model with `k >= 2` inputs, a list of
+      exactly `k` arrays is the inputs `[x1, ..., xk]`, sliced into batches,
+      as `model.fit` reads it (a list of batches for such a model holds tuples,
+      lists or dicts, never bare arrays, so the two cannot be confused);
     - a batched `tf.data.Dataset`, a `keras.utils.PyDataset` or any
       re-iterable of batches, read again on each pass;
     - a one-shot iterator or generator, cached in memory on the first pass.
@@ -77,6 +92,8 @@ class BatchSource:
         data: see above.
         batch_size: rows per batch for in-memory arrays.
         num_batches: read at most this many batches per pass (None: all).
+        num_inputs: the model's number of inputs, if known (None: a list is
+            always a list of batches).
 
     Raises:
         ValueError: empty arrays, arrays of different lengths, or an endless
@@ -88,7 +105,14 @@ class BatchSource:
     #: before it is taken as endless.
     max_uncounted_batches = 100_000
 
-    def __init__(self, data: Any, batch_size: int = 32, num_batches: int | None = None):
+    def __init__(
+        self,
+        data: Any,
+        batch_size: int = 32,
+        num_batches: int | None = None,
+        *,
+        num_inputs: int | None = None,
+    ):
         self.batch_size = check_positive_int("batch_size", batch_size)
         self.num_batches = check_positive_int("num_batches", num_batches, allow_none=True)
         self._arrays = None
@@ -104,7 +128,9 @@ class BatchSource:
             raise ValueError(f"`data` must hold a batch dimension; got {data!r}.")
         x = _inputs_of(data) if isinstance(data, tuple) else data
         leaves = keras.tree.flatten(x) if isinstance(x, (dict, tuple)) else [x]
-        if not isinstance(x, list) and leaves and all(_is_array(leaf) for leaf in leaves):
+        if _is_input_list(x, num_inputs):
+            self._init_arrays(list(x), list(x))
+        elif not isinstance(x, list) and leaves and all(_is_array(leaf) for leaf in leaves):
             self._init_arrays(x, leaves)
         elif isinstance(data, keras.utils.PyDataset):
             self._counted = getattr(data, "num_batches", None) is not None

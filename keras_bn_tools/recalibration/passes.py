@@ -15,18 +15,20 @@ from typing import Any
 import keras
 import numpy as np
 
+from keras_bn_tools.layers.interface import as_batchnorm
 from keras_bn_tools.recalibration.data import BatchSource, num_rows
 from keras_bn_tools.recalibration.statistics import (
-    BatchAverage,
+    PooledBatchMoments,
     PopulationMoments,
     StopForward,
+    input_moments,
     intercept,
-    masked_moments,
 )
 
 __all__ = [
     "MAX_CACHE_BYTES",
     "Result",
+    "TrainNormalizer",
     "call_order",
     "exact_pass",
     "is_plain",
@@ -35,8 +37,8 @@ __all__ = [
     "single_pass",
 ]
 
-#: One layer's result: (mean, variance, values averaged, batches skipped).
-Result = tuple[np.ndarray, np.ndarray, int, int]
+#: One layer's result: (mean, variance, values averaged, batches skipped, batches used).
+Result = tuple[np.ndarray, np.ndarray, int, int, int]
 
 
 def misfit(model: keras.Model, error: Exception) -> Exception:
@@ -128,7 +130,7 @@ def exact_pass(
     cache: _Cache | None = None  # the previous BN layer's inputs and masks
     seen_batches = seen_samples = 0
     for k, layer in enumerate(order):
-        moments = PopulationMoments(layer.axis)
+        moments = PopulationMoments(as_batchnorm(layer).channel_axis)
         stop_early = calls[id(layer)] == 1
         keep = _Cache() if positions is not None else None
 
@@ -152,7 +154,8 @@ def exact_pass(
         if moments.mean is None:
             commit(layer, None)
         else:
-            commit(layer, (moments.mean, moments.variance, round(moments.count), moments.skipped))
+            result = (moments.mean, moments.variance, round(moments.count), moments.skipped)
+            commit(layer, (*result, moments.batches))
     return seen_batches, seen_samples
 
 
@@ -201,79 +204,77 @@ def _run_segment(segment: list[keras.layers.Layer], cache: _Cache) -> None:
 
 def is_plain(layer: keras.layers.Layer) -> bool:
     """A BN layer whose training-mode output is `batch_normalization` with the batch moments."""
-    return (
-        layer.trainable
-        and not getattr(layer, "renorm", False)
-        and getattr(layer, "virtual_batch_size", None) is None
-    )
+    return as_batchnorm(layer).training_is_plain
 
 
-def train_normalize(layer: keras.layers.Layer, inputs: Any, mask: Any) -> tuple[Any, Any, Any, Any]:
-    """Keras BN's training-mode output, without updating any state.
+class TrainNormalizer:
+    """A plain BN layer's training-mode output, computed without updating any state.
 
-    Returns `(outputs, count, mean, variance)`, the batch moments with
-    `keepdims=True`. The centred input is computed once, for the variance
-    and the output alike.
+    gamma and beta are read once, when the pass starts: a recalibration does
+    not change them, and reading them per batch would copy them to the host.
     """
-    ops = keras.ops
-    x = ops.convert_to_tensor(inputs)
-    dtype = keras.backend.result_type(x.dtype, "float32")
-    if keras.backend.standardize_dtype(x.dtype) != dtype:
-        x = ops.cast(x, dtype)
-    if mask is None:
-        rank = len(x.shape)
-        axes = tuple(i for i in range(rank) if i != layer.axis % rank)
-        count = float(math.prod(int(x.shape[i]) for i in axes))
-        mean = ops.mean(x, axis=axes, keepdims=True)
-        centered = x - mean
-        variance = ops.mean(ops.square(centered), axis=axes, keepdims=True)
-    else:
-        count, mean, variance, _ = masked_moments(x, mask, layer.axis)
-        centered = x - mean
-    scale = ops.rsqrt(variance + layer.epsilon)
-    shape = ops.shape(mean)
-    if layer.scale:
-        scale = scale * ops.reshape(ops.cast(layer.gamma, dtype), shape)
-    outputs = centered * scale
-    if layer.center:
-        outputs = outputs + ops.reshape(ops.cast(layer.beta, dtype), shape)
-    return ops.cast(outputs, layer.compute_dtype), count, mean, variance
+
+    def __init__(self, layer: keras.layers.Layer) -> None:
+        bn = as_batchnorm(layer)
+        self.axis = bn.channel_axis
+        self.epsilon = bn.epsilon
+        gamma, beta = bn.affine_parameters()
+        # Tensors once, not a host-to-device copy per batch.
+        self.gamma = None if gamma is None else keras.ops.convert_to_tensor(gamma)
+        self.beta = None if beta is None else keras.ops.convert_to_tensor(beta)
+        self.compute_dtype = layer.compute_dtype
+
+    def __call__(self, inputs: Any, mask: Any) -> tuple[Any, Any, Any, Any]:
+        """`(outputs, count, mean, variance)`, the batch moments with `keepdims=True`."""
+        ops = keras.ops
+        count, mean, variance, _ = input_moments(inputs, mask, self.axis)
+        x = ops.cast(inputs, mean.dtype)
+        scale = ops.rsqrt(variance + self.epsilon)
+        shape = ops.shape(mean)
+        if self.gamma is not None:
+            scale = scale * ops.reshape(ops.cast(self.gamma, mean.dtype), shape)
+        outputs = (x - mean) * scale
+        if self.beta is not None:
+            outputs = outputs + ops.reshape(ops.cast(self.beta, mean.dtype), shape)
+        return ops.cast(outputs, self.compute_dtype), count, mean, variance
 
 
 def single_pass(
     model: keras.Model, layers: list[keras.layers.Layer], batches: BatchSource
 ) -> tuple[dict[int, Result | None], list[keras.layers.Layer], int, int]:
-    """Every layer in one training-mode pass; each averages its per-batch statistics.
+    """Every layer in one training-mode pass; each pools its per-batch moments.
 
     Returns (layer id -> result or None when no finite batch, the layers called
     in call order, batches, samples).
     """
-    averages = {id(layer): BatchAverage(layer.axis) for layer in layers}
+    pooled = {id(layer): PooledBatchMoments(as_batchnorm(layer).channel_axis) for layer in layers}
+    plain = {id(layer): TrainNormalizer(layer) for layer in layers if is_plain(layer)}
     order: list[keras.layers.Layer] = []
 
-    def hook(original, inputs, *args, _layer, _average, **kwargs):
+    def hook(original, inputs, *args, _layer, _pooled, **kwargs):
         check_eager(inputs, _layer)
-        if not _average.batches:
+        if not _pooled.batches:
             order.append(_layer)
         mask = kwargs.get("mask")
-        if is_plain(_layer):
-            outputs, count, mean, variance = train_normalize(_layer, inputs, mask)
-            _average.add(mean, variance, count)
+        if id(_layer) in plain:
+            outputs, count, mean, variance = plain[id(_layer)](inputs, mask)
+            _pooled.add(mean, variance, count)
             return outputs
-        count, mean, variance, _ = masked_moments(inputs, mask, _layer.axis)
+        bn = as_batchnorm(_layer)
+        count, mean, variance, _ = input_moments(inputs, mask, bn.channel_axis)
         kwargs["training"] = True
         outputs = original(inputs, *args, **kwargs)
-        if getattr(_layer, "batch_variance", None) is not None:  # what the layer itself used
-            # Copies: the variables are overwritten by the next batch.
-            mean = keras.ops.copy(keras.ops.convert_to_tensor(_layer.batch_mean))
-            variance = keras.ops.copy(keras.ops.convert_to_tensor(_layer.batch_variance))
-        _average.add(mean, variance, count)
+        # What the layer itself normalized with (ghost batches, renorm), when it keeps it.
+        used = bn.last_batch_statistics()
+        if used is not None:
+            mean, variance = used
+        _pooled.add(mean, variance, count)
         return outputs
 
     seen_batches = seen_samples = 0
     with contextlib.ExitStack() as stack:
         for layer in layers:
-            layer_hook = bind(hook, _layer=layer, _average=averages[id(layer)])
+            layer_hook = bind(hook, _layer=layer, _pooled=pooled[id(layer)])
             stack.enter_context(intercept(layer, layer_hook))
         for batch in batches:
             seen_batches += 1
@@ -286,8 +287,8 @@ def single_pass(
                 raise misfit(model, error) from error
     results: dict[int, Result | None] = {}
     for layer in order:
-        mean, variance, _, skipped, values = averages[id(layer)].result()
-        results[id(layer)] = None if mean is None else (mean, variance, values, skipped)
+        mean, variance, used, skipped, values = pooled[id(layer)].result()
+        results[id(layer)] = None if mean is None else (mean, variance, values, skipped, used)
     return results, order, seen_batches, seen_samples
 
 

@@ -2,8 +2,9 @@
 
 - `PopulationMoments` (`method="exact"`): the mean and population variance
   (ddof=0) of every value a layer sees, merged batch by batch in float64.
-- `BatchAverage` (`method="single_pass"`): the plain average of the per-batch
-  mean and variance, as fvcore's precise BN computes it, kept on the device.
+- `PooledBatchMoments` (`method="single_pass"`): population statistics pooled
+  from the per-batch moments, each batch weighted by its size, as fvcore's
+  precise BN computes them; the per-batch moments stay on the device.
 
 Both leave out a batch whose statistics are not finite (NaN or inf) and count it.
 """
@@ -11,46 +12,40 @@ Both leave out a batch whose statistics are not finite (NaN or inf) and count it
 from __future__ import annotations
 
 import contextlib
-import math
 from collections.abc import Callable
 from typing import Any
 
 import keras
 import numpy as np
 
-__all__ = ["BatchAverage", "PopulationMoments", "StopForward", "intercept", "masked_moments"]
+from keras_bn_tools.ops import compute_dtype, count_values, moments, to_numpy
+
+__all__ = ["PooledBatchMoments", "PopulationMoments", "StopForward", "input_moments", "intercept"]
 
 
 def _float64(tensor: Any) -> np.ndarray:
-    return np.asarray(keras.ops.convert_to_numpy(tensor), dtype=np.float64)
+    return np.asarray(to_numpy(tensor), dtype=np.float64)
 
 
-def masked_moments(inputs: Any, mask: Any, axis: int, shift: Any = None):
-    """Per-feature (count, mean, two-pass variance) of `inputs - shift` in float32 or wider.
+def input_moments(inputs: Any, mask: Any, axis: int, shift: Any = None):
+    """Per-feature `(count, mean, variance, reduced axes)` of a BN layer's input.
 
-    `mask` follows Keras's BN convention (one dimension less than `inputs`,
-    broadcast on the last axis). Returns `(count, mean, variance, reduced
-    axes)`, the statistics with `keepdims=True`; `count` is a Python float for
-    an unmasked input and a scalar tensor otherwise.
+    `ops.moments` of `inputs - shift` (float32 or wider) over every axis but
+    `axis`, with `keepdims=True`; `mask` follows Keras's BN convention.
+    `count` is the number of values per feature: a Python float for an
+    unmasked input of static shape, else a scalar tensor.
     """
-    ops = keras.ops
-    x = ops.convert_to_tensor(inputs)
-    x = ops.cast(x, keras.backend.result_type(x.dtype, "float32"))
+    x = keras.ops.convert_to_tensor(inputs)
+    x = keras.ops.cast(x, compute_dtype(x.dtype))
     if shift is not None:
         x = x - shift
     rank = len(x.shape)
     axes = tuple(i for i in range(rank) if i != axis % rank)
-    if mask is None:
-        count = float(math.prod(int(x.shape[i]) for i in axes))
-        mean = ops.mean(x, axis=axes, keepdims=True)
-        variance = ops.mean(ops.square(x - mean), axis=axes, keepdims=True)
-        return count, mean, variance, axes
-    weights = ops.broadcast_to(ops.expand_dims(ops.cast(mask, x.dtype), -1), ops.shape(x))
-    total = ops.sum(weights, axis=axes, keepdims=True)
-    safe_total = ops.maximum(total, 1.0)
-    mean = ops.sum(x * weights, axis=axes, keepdims=True) / safe_total
-    variance = ops.sum(ops.square(x - mean) * weights, axis=axes, keepdims=True) / safe_total
-    return ops.max(total), mean, variance, axes
+    mean, variance = moments(x, axes, mask=mask, keepdims=True)
+    count = count_values(x, axes, mask=mask)
+    if mask is not None:  # the mask is the same for every feature
+        count = keras.ops.max(count)
+    return count, mean, variance, axes
 
 
 class PopulationMoments:
@@ -68,6 +63,7 @@ class PopulationMoments:
         self.axis = axis
         self.count = 0.0
         self.skipped = 0
+        self.batches = 0  # batches merged (finite, with at least one value)
         self.mean: np.ndarray | None = None
         self.m2: np.ndarray | None = None
         self._shift = None
@@ -76,14 +72,14 @@ class PopulationMoments:
     def add_batch(self, inputs: Any, mask: Any = None) -> None:
         ops = keras.ops
         if self._shift is None:
-            _, shift, _, axes = masked_moments(inputs, mask, self.axis)
+            _, shift, _, axes = input_moments(inputs, mask, self.axis)
             shift64 = _float64(ops.squeeze(shift, axes))
             if not np.isfinite(shift64).all():
                 self.skipped += 1
                 return
             self._shift, self._shift64 = shift, shift64
-        count, mean, variance, axes = masked_moments(inputs, mask, self.axis, self._shift)
-        count = float(ops.convert_to_numpy(count))
+        count, mean, variance, axes = input_moments(inputs, mask, self.axis, self._shift)
+        count = float(to_numpy(count))
         if count == 0:
             return
         mean64 = self._shift64 + _float64(ops.squeeze(mean, axes))
@@ -92,6 +88,7 @@ class PopulationMoments:
             self.skipped += 1
             return
         self._merge(count, mean64, variance64)
+        self.batches += 1
 
     def _merge(self, count: float, mean: np.ndarray, variance: np.ndarray) -> None:
         if self.mean is None:
@@ -108,13 +105,23 @@ class PopulationMoments:
         return self.m2 / self.count
 
 
-class BatchAverage:
-    """The average of per-batch means and variances (fvcore's precise BN).
+class PooledBatchMoments:
+    """Population statistics pooled from per-batch moments (fvcore's precise BN).
 
-    Every batch (every call of the layer) weighs the same, whatever its size,
-    as in fvcore's `update_bn_stats`. The per-batch statistics stay backend
-    tensors until `result()`, so a pass costs no device-to-host copy per
-    batch; a batch whose statistics are not finite is left out and counted.
+    fvcore's `_PopulationVarianceEstimator` (Wu & Johnson, 2021, "Rethinking
+    'Batch' in BatchNorm", appendix): the batches are combined as one
+    population, each weighted by its number of values `n_b`, and the variance
+    includes the spread of the batch means:
+
+        mean = sum_b n_b m_b / N
+        variance = sum_b n_b (v_b + (m_b - mean)^2) / N
+
+    with `m_b`, `v_b` the batch's mean and biased variance (ddof=0, what
+    Keras's BN normalizes with) and `N = sum_b n_b`. When every batch is the
+    raw input, this is exactly the mean and population variance of all the
+    values, whatever the batch sizes. The per-batch statistics stay backend
+    tensors until `result()` (no device-to-host copy per batch), and are pooled
+    in float64; a batch whose statistics are not finite is left out and counted.
     """
 
     def __init__(self, axis: int) -> None:
@@ -127,7 +134,7 @@ class BatchAverage:
         return len(self._batches)
 
     def add(self, mean: Any, variance: Any, count: Any) -> None:
-        """Add one batch's per-feature `mean` and `variance` over `count` values."""
+        """Add one batch's per-feature `mean` and biased `variance` over `count` values."""
         self._batches.append((mean, variance, count))
 
     def result(self) -> tuple[np.ndarray | None, np.ndarray | None, int, int, int]:
@@ -136,18 +143,16 @@ class BatchAverage:
             return None, None, 0, 0, 0
         means = np.stack([_float64(m).reshape(-1) for m, _, _ in self._batches])
         variances = np.stack([_float64(v).reshape(-1) for _, v, _ in self._batches])
-        counts = np.array([float(keras.ops.convert_to_numpy(c)) for _, _, c in self._batches])
+        counts = np.array([float(to_numpy(c)) for _, _, c in self._batches])
         kept = np.isfinite(means).all(axis=1) & np.isfinite(variances).all(axis=1) & (counts > 0)
         used, skipped = int(kept.sum()), int((~kept).sum())
         if used == 0:
             return None, None, 0, skipped, 0
-        return (
-            means[kept].mean(axis=0),
-            variances[kept].mean(axis=0),
-            used,
-            skipped,
-            round(float(counts[kept].sum())),
-        )
+        means, variances, counts = means[kept], variances[kept], counts[kept]
+        weights = (counts / counts.sum())[:, None]
+        mean = (weights * means).sum(axis=0)
+        variance = (weights * (variances + np.square(means - mean))).sum(axis=0)
+        return mean, variance, used, skipped, round(float(counts.sum()))
 
 
 class StopForward(Exception):

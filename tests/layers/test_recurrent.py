@@ -6,6 +6,9 @@ statistics (`reference_forward`), plus Keras's own LSTM for the identity-statist
 
 from __future__ import annotations
 
+import inspect
+from pathlib import Path
+
 import keras
 import numpy as np
 import pytest
@@ -13,6 +16,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from keras_bn_tools.layers import BatchNormLSTM, BatchNormLSTMCell
+from keras_bn_tools.layers._lstm_config import LSTMCellConfig
 
 backend_agnostic = pytest.mark.backend_agnostic
 # Eager JAX compiles every operation for every new shape, so under JAX a core subset runs
@@ -648,3 +652,63 @@ def test_insert_batchnorm_before_replaces_lstm_in_a_functional_model():
     assert sum(isinstance(layer, BatchNormLSTM) for layer in rewritten.layers) == 1
     assert not any(isinstance(layer, keras.layers.LSTM) for layer in rewritten.layers)
     _lstm_identity_check(model, rewritten, _inputs(4, 5, 3, 2))
+
+
+# --------------------------------------------------------------------------- compatibility
+
+DATA = Path(__file__).parent / "data"
+
+
+@backend_agnostic
+def test_files_saved_by_version_0_1_load_with_the_same_predictions():
+    """Saved by the pre-refactor layer (`max_timesteps`, `normalize_cell=False`, a plain RNN
+    of the cell): the registered names and config keys still load, weights in place."""
+    reference = np.load(DATA / "batch_norm_lstm_0.1.npz")
+    model = keras.models.load_model(DATA / "batch_norm_lstm_0.1.keras")  # safe_mode=True
+    assert [type(layer).__name__ for layer in model.layers[:2]] == ["BatchNormLSTM"] * 2
+    assert model.get_layer("rbn_no_cell").max_timesteps == 2
+    np.testing.assert_allclose(to_numpy(model(reference["x"])), reference["model"], atol=1e-6)
+    cell_model = keras.models.load_model(DATA / "batch_norm_lstm_cell_0.1.keras")
+    assert isinstance(cell_model.layers[0].cell, BatchNormLSTMCell)
+    np.testing.assert_allclose(to_numpy(cell_model(reference["x"])), reference["cell"], atol=1e-6)
+
+
+@backend_agnostic
+def test_arguments_are_listed_once_and_documented():
+    """The constructors' signatures come from the cell's config, and both docstrings
+    document every argument of it."""
+    names = LSTMCellConfig.names()
+    cell_parameters = list(inspect.signature(BatchNormLSTMCell).parameters)
+    assert cell_parameters == [*names, "kwargs"]
+    layer_parameters = inspect.signature(BatchNormLSTM).parameters
+    assert set(names) <= set(layer_parameters)
+    for name in layer_parameters:
+        if name != "kwargs":
+            assert f"        {name}: " in BatchNormLSTM.__doc__, name
+    for name in names:
+        assert f"        {name}: " in BatchNormLSTMCell.__doc__, name
+    assert set(LSTMCellConfig.names(normalization=True)) == {
+        "gamma_initializer",
+        "cell_gamma_initializer",
+        "cell_beta_initializer",
+        "normalize_cell",
+        "momentum",
+        "epsilon",
+        "max_timesteps",
+    }
+
+
+@backend_agnostic
+def test_arguments_bind_positionally_as_keras_lstm():
+    layer = BatchNormLSTM(3, "relu", "hard_sigmoid", False, return_sequences=True)
+    assert keras.activations.serialize(layer.activation) == "relu"
+    assert keras.activations.serialize(layer.recurrent_activation) == "hard_sigmoid"
+    assert layer.use_bias is False and layer.return_sequences
+    assert layer.cell.config.units == 3
+    with pytest.raises(TypeError, match="units"):
+        BatchNormLSTM(3, units=4)
+    with pytest.raises(ValueError, match="no_such_argument"):  # as Keras layers do
+        BatchNormLSTM(3, no_such_argument=1)
+    built = _layer(2, np.zeros((1, 3, 2)))
+    with pytest.raises(ValueError, match="max_timesteps"):
+        built.cell.max_timesteps = 5
