@@ -202,8 +202,8 @@ class RenormScheduler(keras.callbacks.Callback):
         limits = self._limits(step)
         if limits is None or all(self._current.get(k) == v for k, v in limits.items()):
             return
-        # JAX's fit keeps the live state outside the variables between steps and reads
-        # them again only after a sync: sync first, so the new limits reach the next step.
+        # JAX's fit keeps the live state outside the variables between steps: sync it
+        # into them first, so the assignment below is the state the next step reads.
         sync = getattr(self.model, "jax_state_sync", None)
         if sync is not None:
             sync()
