@@ -19,11 +19,6 @@ from hypothesis import strategies as st
 from keras_bn_tools.callbacks.renorm import PaperRenormSchedule, RenormScheduler
 from keras_bn_tools.layers import MomentumBatchNormalization
 
-needs_clipping_api = pytest.mark.skipif(
-    not hasattr(MomentumBatchNormalization, "set_renorm_clipping"),
-    reason="MomentumBatchNormalization.set_renorm_clipping comes with the layers branch",
-)
-
 
 def _data(rows=48, seed=0):
     rng = np.random.default_rng(seed)
@@ -118,7 +113,6 @@ def test_bad_schedule_values_refused_before_the_first_step(value, error, match):
 
 
 # ------------------------------------------------------------------ clipping set during fit
-@needs_clipping_api
 def test_schedule_sets_the_clipping_in_force_each_step():
     x, y = _data()
     model = _model()
@@ -135,7 +129,6 @@ def test_schedule_sets_the_clipping_in_force_each_step():
     assert sorted(scheduler.history) == list(range(6))
 
 
-@needs_clipping_api
 def test_a_schedule_setting_one_limit_keeps_the_other():
     x, y = _data()
     model = _model(renorm_clipping={"rmax": 2.5})
@@ -146,7 +139,6 @@ def test_a_schedule_setting_one_limit_keeps_the_other():
     assert scheduler.history[2] == {"rmax": 2.5, "dmax": 0.5}
 
 
-@needs_clipping_api
 def test_scheduled_limits_train_as_layers_built_with_them():
     # A schedule switching (1, 0) -> (3, 5) after 3 steps trains exactly as a model
     # built with (1, 0) for 3 steps, then given (3, 5): the compiled step reads the limits.
@@ -233,7 +225,6 @@ _TRACE_SCRIPT = textwrap.dedent(
 )
 
 
-@needs_clipping_api
 @pytest.mark.slow
 @pytest.mark.parametrize("backend", ["tensorflow", "jax"])
 def test_schedule_changes_clipping_during_fit_without_retracing(backend):
