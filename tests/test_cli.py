@@ -88,8 +88,8 @@ def test_the_front_agrees_with_the_package():
     from keras_bn_tools.studies.engines import ENGINES
     from keras_bn_tools.studies.registry import BUILTIN
 
-    assert cli.BUILTIN == tuple(BUILTIN)
-    assert cli.ENGINES == tuple(ENGINES)
+    assert tuple(BUILTIN) == cli.BUILTIN
+    assert tuple(ENGINES) == cli.ENGINES
     assert cli.MAX_SEED == MAX_SEED
 
 
