@@ -13,7 +13,8 @@ importing the package (so TensorFlow's start-up lines may show first).
 
 - `keras-bn-tools circles|digits|sequence [options]`: run a built-in study.
 - `keras-bn-tools study MODULE:ATTR [options]`: run the user's `Protocol`.
-- `keras-bn-tools summary [PROTOCOL] [--configs ...]`: print each config's model.
+- `keras-bn-tools summary [WHAT] [--configs ...]`: a saved study's table, or each
+  config's model of a protocol (built-in, `MODULE:ATTR` or `FILE.py:ATTR`).
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ EXIT_USAGE = 2
 #: `keras_bn_tools.studies.registry.BUILTIN`'s names and
 #: `keras_bn_tools.studies.engines.ENGINES`, which the parser cannot import without
 #: importing Keras (tests/test_cli.py keeps them equal).
-BUILTIN = ("circles", "digits", "sequence")
+BUILTIN = ("circles", "digits", "sequence", "diabetes", "sigmoid-mlp", "small-batch")
 ENGINES = ("auto", "compiled", "fit")
 #: `keras_bn_tools._validation.MAX_SEED` (a test keeps them equal).
 MAX_SEED = 2**32 - 1
@@ -85,9 +86,9 @@ def _add_study_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--seeds",
         type=_int_option(1, MAX_SEED + 1),
-        default=10,
+        default=None,
         metavar="N",
-        help="seeds per config: FIRST..FIRST+N-1 (default: 10)",
+        help="seeds per config: FIRST..FIRST+N-1 (default: 10; sigmoid-mlp 3, small-batch 1)",
     )
     parser.add_argument(
         "--first-seed",
@@ -169,15 +170,23 @@ def _build_parser(argv: Sequence[str]) -> argparse.ArgumentParser:
         _add_study_options(sub)
         sub.set_defaults(protocol=name)
     study = commands.add_parser(
-        "study", help="run your own Protocol: keras-bn-tools study MODULE:ATTR",
+        "study", help="run your own Protocol: keras-bn-tools study MODULE:ATTR|FILE.py:ATTR",
         description="Run a keras_bn_tools.studies.Protocol of yours, named MODULE:ATTR "
-        "(MODULE is imported with the current directory on the path).",
+        "(MODULE is imported with the current directory on the path) or FILE.py:ATTR "
+        "(the file is run with its directory on the path).",
     )  # fmt: skip
-    study.add_argument("protocol", metavar="MODULE:ATTR", help="e.g. my_study:PROTOCOL")
+    study.add_argument("protocol", metavar="MODULE:ATTR",
+                       help="e.g. my_study:PROTOCOL or path/to/my_study.py:PROTOCOL")  # fmt: skip
     _add_study_options(study)
-    summary = commands.add_parser("summary", help="print the model of each config")
-    summary.add_argument("protocol", nargs="?", default="circles", choices=list(BUILTIN),
-                         help="built-in protocol (default: circles)")  # fmt: skip
+    summary = commands.add_parser(
+        "summary", help="print a saved study's table, or the model of each config",
+        description="A saved study (a results directory or its results.json): print its "
+        "table. A protocol (built-in, MODULE:ATTR or FILE.py:ATTR): print each config's model.",
+    )  # fmt: skip
+    summary.add_argument("protocol", nargs="?", default="circles", metavar="WHAT",
+                         help="a saved study, a built-in protocol "
+                         f"({', '.join(BUILTIN)}), MODULE:ATTR or FILE.py:ATTR "
+                         "(default: circles)")  # fmt: skip
     summary.add_argument("--configs", nargs="+", metavar="NAME", help="configs (default: all)")
     return parser
 

@@ -1,9 +1,12 @@
 """What the `keras-bn-tools` command runs, once `keras_bn_tools_cli` parsed its arguments.
 
 - `keras-bn-tools PROTOCOL [options]`: run a built-in study (`studies.registry.BUILTIN`).
-- `keras-bn-tools study MODULE:ATTR [options]`: run the user's `Protocol`
-  (`MODULE` is imported with the current directory on the path).
-- `keras-bn-tools summary [PROTOCOL] [--configs ...]`: print each config's model.
+  `sigmoid-mlp` and `small-batch` are reproductions of published BN experiments
+  (`studies.experiments`): they also write their own table, data and plots.
+- `keras-bn-tools study MODULE:ATTR|FILE.py:ATTR [options]`: run the user's
+  `Protocol` (`_cli_protocols` says how each is found).
+- `keras-bn-tools summary [WHAT] [--configs ...]`: a saved study's table, or each
+  config's model of a protocol (built-in, `MODULE:ATTR` or `FILE.py:ATTR`).
 
 Each study prints its table and writes `results.json`, `results.csv` (one row
 per run per epoch), `runs.csv` (one row per run), `table.md`, `METRIC.png`
@@ -22,7 +25,6 @@ only after the arguments parsed: `--help` does not wait for a backend to load.
 from __future__ import annotations
 
 import argparse
-import importlib
 import os
 import signal
 import sys
@@ -39,7 +41,9 @@ from keras_bn_tools._cli_output import (
     remove_staging,
     stop_on_signals,
 )
+from keras_bn_tools._cli_protocols import builtin_protocol, saved_study, user_protocol
 from keras_bn_tools._validation import MAX_SEED
+from keras_bn_tools.studies.registry import BUILTIN
 
 __all__ = ["OUTPUTS", "UsageError", "protocol_epilog", "run"]
 
@@ -49,36 +53,6 @@ OUTPUTS = ("results.json", "results.csv", "runs.csv", "table.md", "accuracy.png"
 
 
 # --------------------------------------------------------------------------- checks
-
-
-def _builtin(name: str):
-    from keras_bn_tools.studies import PROTOCOLS
-
-    try:
-        return PROTOCOLS[name]
-    except ModuleNotFoundError as error:
-        raise UsageError(f"the {name} protocol is not available here ({error})") from None
-
-
-def _user_protocol(spec: str):
-    from keras_bn_tools.studies import Protocol
-
-    module_name, _, attr = spec.partition(":")
-    if not module_name or not attr:
-        raise UsageError(f"MODULE:ATTR: expected e.g. my_study:PROTOCOL, got {spec!r}")
-    if "" not in sys.path and os.getcwd() not in sys.path:
-        sys.path.insert(0, os.getcwd())  # as `python -m` would
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as error:
-        raise UsageError(f"MODULE:ATTR: cannot import {module_name!r}: {error}") from None
-    protocol = getattr(module, attr, None)
-    if not isinstance(protocol, Protocol):
-        raise UsageError(
-            f"MODULE:ATTR: {spec!r} must name a keras_bn_tools.studies.Protocol, got "
-            f"{type(protocol).__name__}"
-        )
-    return protocol
 
 
 def _configs(protocol, names: Sequence[str] | None) -> list[str] | None:
@@ -128,27 +102,39 @@ def _write(result: Any, staging: Path, moving_stats: bool) -> str:
 
 
 def _run_study(args: argparse.Namespace) -> int:
+    from keras_bn_tools.studies.experiments import DEFAULT_SEEDS
+
+    if args.seeds is None:
+        args.seeds = DEFAULT_SEEDS.get(getattr(args, "protocol", None), 10)
     if args.first_seed + args.seeds - 1 > MAX_SEED:
         raise UsageError(
             f"--seeds/--first-seed: seeds {args.first_seed}..{args.first_seed + args.seeds - 1} "
             f"go past {MAX_SEED} (2**32 - 1)"
         )
     user = args.command == "study"
-    protocol = _user_protocol(args.protocol) if user else _builtin(args.protocol)
+    protocol = user_protocol(args.protocol) if user else builtin_protocol(args.protocol)
     configs = _configs(protocol, args.configs)
     out = Path(args.out if args.out is not None else f"{protocol.name}_results")
     anchor = check_out(out, args.overwrite)
     _check_engine(args.engine)
     from keras_bn_tools.studies import run_study
+    from keras_bn_tools.studies.experiments import EXPERIMENTS, experiment_runner
 
     staging = make_staging(anchor, protocol.name)
     try:
-        result = run_study(
+        experiment = None if user else EXPERIMENTS.get(protocol.name)
+        run = experiment_runner(protocol.name) if experiment else run_study
+        result = run(
             protocol, configs, range(args.first_seed, args.first_seed + args.seeds),
             epochs=args.epochs, batch_size=args.batch_size, engine=args.engine,
             shuffle=args.shuffle, progress=not args.no_progress,
         )  # fmt: skip
+        if experiment:  # its own table, data and plots beside the study's files
+            extra, result = result, result.study
+            extra.write(staging)
         table = _write(result, staging, args.moving_stats)
+        if experiment:
+            table = f"{table}\n\n{extra.table()}"
         publish(staging, out)
     finally:
         remove_staging(staging)
@@ -162,7 +148,22 @@ def _run_study(args: argparse.Namespace) -> int:
 
 
 def _run_summary(args: argparse.Namespace) -> int:
-    protocol = _builtin(args.protocol)
+    study = saved_study(args.protocol)
+    if study is not None:
+        if args.configs is not None:
+            raise UsageError("--configs: a saved study's table shows every config it ran")
+        print(study.table())
+        return EXIT_OK
+    if args.protocol in BUILTIN:
+        protocol = builtin_protocol(args.protocol)
+    elif ":" in args.protocol:
+        protocol = user_protocol(args.protocol)
+    else:
+        raise UsageError(
+            f"WHAT: {args.protocol!r} is neither a saved study (a directory with results.json, "
+            f"or the file), a built-in protocol ({', '.join(BUILTIN)}), MODULE:ATTR nor "
+            f"FILE.py:ATTR"
+        )
     for name in _configs(protocol, args.configs) or list(protocol.configs):
         print(f"{name}: {protocol.config(name).description}")
         protocol.build(name).summary(print_fn=lambda line, *_, **__: print(line))
@@ -173,7 +174,7 @@ def _run_summary(args: argparse.Namespace) -> int:
 def protocol_epilog(name: str) -> str | None:
     """The `--help` epilog of a built-in protocol: its description and configs."""
     try:
-        protocol = _builtin(name)
+        protocol = builtin_protocol(name)
     except UsageError:
         return None
     configs = "; ".join(f"{c}: {protocol.config(c).description}" for c in protocol.configs)

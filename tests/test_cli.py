@@ -289,3 +289,86 @@ def test_every_way_of_stopping_leaves_out_as_it_was(signum, tmp_path):
     assert "--out is as it was" in err and "Traceback" not in err
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before
     assert _listing(tmp_path) == ["results", "results/moving_stats.npz", "results/results.json"]
+
+
+# --------------------------------------------------------------------------- issue 23
+
+
+def _protocols_file(directory: Path) -> Path:
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / "my_protocols.py"
+    path.write_text((ROOT / "tests" / "studies" / "study_protocols.py").read_text())
+    return path
+
+
+def test_study_runs_a_one_hot_protocol_from_a_file_path(capsys, tmp_path, monkeypatch):
+    """`study path/to/file.py:ATTR` from another directory: a softmax model on one-hot
+    labels, scored with categorical accuracy, end to end."""
+    _protocols_file(tmp_path / "protocols")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    monkeypatch.setattr(sys, "modules", dict(sys.modules))
+    out = tmp_path / "one_hot"
+    argv = ["study", "protocols/my_protocols.py:ONE_HOT", "--seeds", "2", "--epochs", "2",
+            "--no-progress", "--out", str(out)]  # fmt: skip
+    assert cli.main(argv) == 0
+    captured = capsys.readouterr()
+    assert "| plain | 2 |" in captured.out and "| bn | 2 |" in captured.out
+    assert "epochs to 60% test acc" in captured.out
+    results = json.loads((out / "results.json").read_text())
+    assert results["metric"] == "accuracy" and results["mode"] == "max"
+    assert results["metadata"]["metric_name"] == "categorical_accuracy"
+    assert _listing(out) == sorted(cli.OUTPUTS)
+
+
+@pytest.mark.backend_agnostic
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [
+        ("missing.py:P", "FILE.py:ATTR: no file 'missing.py'"),
+        ("broken.py:P", "FILE.py:ATTR: running 'broken.py' failed: ZeroDivisionError"),
+        ("protocols/my_protocols.py:NOPE", "must name a keras_bn_tools.studies.Protocol"),
+    ],
+)
+def test_a_bad_file_protocol_exits_2_naming_it(spec, message, capsys, tmp_path, monkeypatch):
+    _protocols_file(tmp_path / "protocols")
+    (tmp_path / "broken.py").write_text("1 / 0\n")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    monkeypatch.setattr(sys, "modules", dict(sys.modules))
+    assert cli.main(["study", spec, *QUICK[2:]]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+
+
+def test_diabetes_runs_from_the_command_line_and_summary_reads_it_back(capsys, tmp_path):
+    out = tmp_path / "diabetes"
+    argv = ["diabetes", "--configs", "baseline", "bn-input", "--seeds", "2", "--epochs", "3",
+            "--no-progress", "--out", str(out)]  # fmt: skip
+    assert cli.main(argv) == 0
+    table = capsys.readouterr().out
+    assert table.startswith("| config | runs | train MAE |")
+    assert "epochs to test MAE <= 50" in table and "lower is better" in table
+    assert _listing(out) == sorted(
+        ["results.json", "results.csv", "runs.csv", "table.md", "mae.png", "loss.png"]
+    )
+    results = json.loads((out / "results.json").read_text())
+    assert results["metric"] == "mae" and results["mode"] == "min"
+    assert (out / "results.csv").read_text().splitlines()[0].endswith("loss,mae,val_loss,val_mae")
+    for where in (out, out / "results.json"):
+        assert cli.main(["summary", str(where)]) == 0
+        assert capsys.readouterr().out.strip() == (out / "table.md").read_text().strip()
+
+
+@pytest.mark.backend_agnostic
+def test_summary_prints_a_user_protocols_models_and_refuses_anything_else(
+    capsys, tmp_path, monkeypatch
+):
+    path = _protocols_file(tmp_path)
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    monkeypatch.setattr(sys, "modules", dict(sys.modules))
+    assert cli.main(["summary", f"{path}:REGRESSION", "--configs", "bn"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("bn: BN before the ReLU") and "regression_bn" in out
+    assert cli.main(["summary", "nonsense"]) == 2
+    assert "WHAT: 'nonsense' is neither a saved study" in capsys.readouterr().err

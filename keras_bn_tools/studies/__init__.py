@@ -35,6 +35,7 @@ _LAZY_ATTRIBUTES = {
 _LAZY_SUBMODULES = {
     *BUILTIN.values(),
     "engines",
+    "experiments",
     "metrics",
     "protocol",
     "registry",

@@ -21,6 +21,9 @@ BUILTIN: dict[str, str] = {
     "circles": "circles",
     "digits": "digits",
     "sequence": "sequence",
+    "diabetes": "diabetes",
+    "sigmoid-mlp": "sigmoid_mlp",
+    "small-batch": "small_batch",
 }
 
 
