@@ -26,11 +26,18 @@ the ratio reported is the median over rounds of (ours / Keras) in wall time,
 so slow drifts of a shared, noisy machine cancel out; the same ratio in process
 CPU time is printed alongside (less sensitive to other processes taking the
 cores). Targets: <= 1.10 for training, <= 1.05 for inference.
+
+`--baseline DIR` adds a third model whose BN layer is
+`MomentumBatchNormalization` as another checkout `DIR` defines it (e.g. the
+main branch before a change), timed in the same rounds: each row then also
+reports that version's ratio to Keras, so "no regression" is measured side by
+side in one run.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import os
 import statistics
 import sys
@@ -86,13 +93,32 @@ def time_block(job: Callable[[], object], calls: int) -> tuple[float, float]:
     return (time.perf_counter() - wall) / calls, (time.process_time() - cpu) / calls
 
 
-def run_case(name: str, shape, linear, rounds: int, block_seconds: float) -> list[dict]:
+def load_baseline(checkout: str) -> type:
+    """`MomentumBatchNormalization` as the checkout `checkout` defines it.
+
+    Its module is loaded under another name; the package modules it imports
+    come from this checkout (only the layer module is compared).
+    """
+    path = Path(checkout) / "keras_bn_tools" / "layers" / "momentum_batch_normalization.py"
+    spec = importlib.util.spec_from_file_location("_baseline_momentum_bn", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    # Loading re-registered the name with keras.saving: give it back to this checkout's class.
+    keras.saving.register_keras_serializable(package="keras_bn_tools")(MomentumBatchNormalization)
+    return module.MomentumBatchNormalization
+
+
+def run_case(
+    name: str, shape, linear, rounds: int, block_seconds: float, baseline: type | None = None
+) -> list[dict]:
     rng = np.random.default_rng(0)
     x = rng.normal(1.0, 2.0, size=shape).astype("float32")
     models = {
         "keras": build(keras.layers.BatchNormalization, shape, linear),
         "ours": build(MomentumBatchNormalization, shape, linear),
     }
+    if baseline is not None:
+        models["baseline"] = build(baseline, shape, linear)
     y = keras.ops.convert_to_numpy(models["keras"].predict_on_batch(x))
     jobs = {key: workloads(model, x, y) for key, model in models.items()}
     rows = []
@@ -102,37 +128,44 @@ def run_case(name: str, shape, linear, rounds: int, block_seconds: float) -> lis
             for _ in range(3):
                 time_block(job, 1)
         calls = max(1, round(block_seconds / time_block(pair["keras"], 3)[0]))
-        times: dict[str, list[float]] = {"keras": [], "ours": []}
-        ratios, cpu_ratios = [], []
+        times: dict[str, list[float]] = {key: [] for key in pair}
+        ratios, cpu_ratios, baseline_ratios = [], [], []
         for round_ in range(rounds):
-            order = ("keras", "ours") if round_ % 2 == 0 else ("ours", "keras")
+            order = tuple(pair) if round_ % 2 == 0 else tuple(reversed(pair))
             this_round = {key: time_block(pair[key], calls) for key in order}
             for key, (wall, _) in this_round.items():
                 times[key].append(wall)
             ratios.append(this_round["ours"][0] / this_round["keras"][0])
             cpu_ratios.append(this_round["ours"][1] / max(this_round["keras"][1], 1e-9))
-        rows.append(
-            {
-                "case": name,
-                "workload": workload,
-                "keras_ms": 1e3 * statistics.median(times["keras"]),
-                "ours_ms": 1e3 * statistics.median(times["ours"]),
-                "ratio": statistics.median(ratios),
-                "cpu_ratio": statistics.median(cpu_ratios),
-                "target": TARGETS[workload],
-            }
-        )
+            if "baseline" in this_round:
+                baseline_ratios.append(this_round["baseline"][0] / this_round["keras"][0])
+        row = {
+            "case": name,
+            "workload": workload,
+            "keras_ms": 1e3 * statistics.median(times["keras"]),
+            "ours_ms": 1e3 * statistics.median(times["ours"]),
+            "ratio": statistics.median(ratios),
+            "cpu_ratio": statistics.median(cpu_ratios),
+            "target": TARGETS[workload],
+        }
+        if baseline_ratios:
+            row["baseline_ms"] = 1e3 * statistics.median(times["baseline"])
+            row["baseline_ratio"] = statistics.median(baseline_ratios)
+        rows.append(row)
         print(format_row(rows[-1]), flush=True)
     return rows
 
 
 def format_row(row: dict) -> str:
     verdict = "ok" if row["ratio"] <= row["target"] else "OVER"
-    return (
+    text = (
         f"{row['case']:<12} {row['workload']:<17} keras {row['keras_ms']:9.3f} ms   "
         f"ours {row['ours_ms']:9.3f} ms   ratio {row['ratio']:.3f} "
         f"(target <= {row['target']:.2f}, {verdict}; CPU-time ratio {row['cpu_ratio']:.3f})"
     )
+    if "baseline_ratio" in row:
+        text += f"   baseline {row['baseline_ms']:9.3f} ms, ratio {row['baseline_ratio']:.3f}"
+    return text
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -149,7 +182,13 @@ def main(argv: list[str] | None = None) -> int:
         default=["alone", "after-linear"],
         help="BN alone on the input, or after the Dense/Conv2D layer",
     )
+    parser.add_argument(
+        "--baseline",
+        metavar="DIR",
+        help="another checkout whose MomentumBatchNormalization is timed alongside",
+    )
     args = parser.parse_args(argv)
+    baseline = load_baseline(args.baseline) if args.baseline else None
 
     print(
         f"Keras {keras.__version__}, backend {keras.backend.backend()}, "
@@ -166,6 +205,7 @@ def main(argv: list[str] | None = None) -> int:
                 None if variant == "alone" else linear,
                 args.rounds,
                 args.block_seconds,
+                baseline,
             )
     over = [row for row in rows if row["ratio"] > row["target"]]
     print(f"{len(rows) - len(over)} of {len(rows)} rows within target.")

@@ -1,217 +1,58 @@
-"""The `keras-bn-tools` command (also `python -m keras_bn_tools`).
+"""What the `keras-bn-tools` command runs, once `keras_bn_tools_cli` parsed its arguments.
 
-- `keras-bn-tools circles|digits|sequence [options]`: run a built-in study.
-- `keras-bn-tools study MODULE:ATTR [options]`: run the user's `Protocol`
-  (`MODULE` is imported with the current directory on the path).
-- `keras-bn-tools summary [PROTOCOL] [--configs ...]`: print each config's model.
+- `keras-bn-tools PROTOCOL [options]`: run a built-in study (`studies.registry.BUILTIN`).
+  `sigmoid-mlp` and `small-batch` are reproductions of published BN experiments
+  (`studies.experiments`): they also write their own table, data and plots.
+- `keras-bn-tools study MODULE:ATTR|FILE.py:ATTR [options]`: run the user's
+  `Protocol` (`_cli_protocols` says how each is found).
+- `keras-bn-tools summary [WHAT] [--configs ...]`: a saved study's table, or each
+  config's model of a protocol (built-in, `MODULE:ATTR` or `FILE.py:ATTR`).
 
 Each study prints its table and writes `results.json`, `results.csv` (one row
-per run per epoch), `runs.csv` (one row per run), `table.md`, `accuracy.png`
-and `loss.png` under `--out`. Every option is checked before any work: bad
-input prints one line naming the option and exits with status 2. Results are
+per run per epoch), `runs.csv` (one row per run), `table.md`, `METRIC.png`
+(`accuracy.png`, `mae.png`, ...) and `loss.png` under `--out`. Every option is
+checked before any work: bad input prints one line naming the option and exits
+with status 2. Results are
 written to a hidden staging directory next to `--out` and moved into place
 only when everything is written; SIGINT, SIGTERM and SIGHUP remove the
 staging directory, so a stopped run leaves `--out` as it was.
+
+The argument parser lives in the top-level module `keras_bn_tools_cli` (the
+console script's entry point), which imports this module, and with it Keras,
+only after the arguments parsed: `--help` does not wait for a backend to load.
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
-import importlib
 import os
-import shutil
 import signal
 import sys
-import tempfile
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from keras_bn_tools._validation import MAX_SEED, check_int_in_range
+from keras_bn_tools._cli_output import (
+    Stopped,
+    UsageError,
+    check_out,
+    make_staging,
+    publish,
+    remove_staging,
+    stop_on_signals,
+)
+from keras_bn_tools._cli_protocols import builtin_protocol, saved_study, user_protocol
+from keras_bn_tools._validation import MAX_SEED
+from keras_bn_tools.studies.registry import BUILTIN
 
-__all__ = ["main"]
+__all__ = ["OUTPUTS", "UsageError", "protocol_epilog", "run"]
 
 PROG = "keras-bn-tools"
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
-BUILTIN = ("circles", "digits", "sequence")
 OUTPUTS = ("results.json", "results.csv", "runs.csv", "table.md", "accuracy.png", "loss.png")
 
 
-class UsageError(Exception):
-    """Bad input found after parsing (reported like argparse's errors, exit status 2)."""
-
-
-class Stopped(BaseException):
-    """SIGTERM or SIGHUP arrived (SIGINT raises KeyboardInterrupt)."""
-
-    def __init__(self, signum: int):
-        super().__init__(signum)
-        self.signum = signum
-
-
-def _int_option(minimum: int, maximum: int | None = None) -> Callable[[str], int]:
-    """An argparse `type`: an integer in `[minimum, maximum]`, via `_validation`."""
-
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-        try:
-            return check_int_in_range("value", value, minimum=minimum, maximum=maximum)
-        except ValueError:
-            high = "" if maximum is None else f" and <= {maximum}"
-            raise argparse.ArgumentTypeError(
-                f"expected an integer >= {minimum}{high}, got {text}"
-            ) from None
-
-    return parse
-
-
-# --------------------------------------------------------------------------- parser
-
-
-def _add_study_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--configs",
-        nargs="+",
-        metavar="NAME",
-        help="configs to run, or 'all' (default: the protocol's defaults)",
-    )
-    parser.add_argument(
-        "--seeds",
-        type=_int_option(1, MAX_SEED + 1),
-        default=10,
-        metavar="N",
-        help="seeds per config: FIRST..FIRST+N-1 (default: 10)",
-    )
-    parser.add_argument(
-        "--first-seed",
-        type=_int_option(0, MAX_SEED),
-        default=0,
-        metavar="FIRST",
-        help="first seed (default: 0)",
-    )
-    parser.add_argument(
-        "--epochs",
-        type=_int_option(1, 10**6),
-        metavar="E",
-        help="epochs per run (default: the protocol's)",
-    )
-    parser.add_argument(
-        "--batch-size",
-        type=_int_option(1, 10**8),
-        metavar="B",
-        help="batch size (default: the protocol's)",
-    )
-    parser.add_argument(
-        "--engine",
-        choices=["auto", "compiled", "fit"],
-        default="auto",
-        help="'auto' (default): the compiled engine on TensorFlow and JAX, "
-        "'fit' elsewhere; 'compiled': each run compiled whole; 'fit': model.fit",
-    )
-    parser.add_argument(
-        "--shuffle",
-        choices=["epoch", "once", "none"],
-        default="epoch",
-        help="'epoch' (default): a fresh order of the training rows every "
-        "epoch (the tutorial's); 'once': one order reused every epoch; 'none'",
-    )
-    parser.add_argument(
-        "--out",
-        metavar="DIR",
-        help="results directory (default: ./PROTOCOL_results); created, or "
-        "replaced as a whole with --overwrite",
-    )
-    parser.add_argument(
-        "--overwrite",
-        action="store_true",
-        help="replace an existing results directory (one with results.json)",
-    )
-    parser.add_argument(
-        "--moving-stats",
-        action="store_true",
-        help="also write moving_stats.npz: every BN statistic after every epoch",
-    )
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
-    parser.set_defaults(handler=_run_study)  # fmt: skip
-
-
-def _protocol_epilog(name: str) -> str | None:
-    try:
-        protocol = _builtin(name)
-    except UsageError:
-        return None
-    configs = "; ".join(f"{c}: {d}" for c, d in protocol.configs.items())
-    return f"{protocol.description} Configs: {configs}."
-
-
-def _build_parser(argv: Sequence[str]) -> argparse.ArgumentParser:
-    from keras_bn_tools import __version__
-
-    parser = argparse.ArgumentParser(
-        prog=PROG, description="Batch normalization tools for Keras 3: reproducible BN studies."
-    )
-    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
-    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
-    commands.required = True
-    for name in BUILTIN:
-        # Only the protocol being run is imported (for its --help): --help stays fast.
-        epilog = _protocol_epilog(name) if argv[:1] == [name] else None
-        what = f"Run the {name} study: each config once per seed; print the table; write files."
-        sub = commands.add_parser(
-            name, help=f"run the {name} study", epilog=epilog, description=what
-        )
-        _add_study_options(sub)
-        sub.set_defaults(protocol=name)
-    study = commands.add_parser(
-        "study", help="run your own Protocol: keras-bn-tools study MODULE:ATTR",
-        description="Run a keras_bn_tools.studies.Protocol of yours, named MODULE:ATTR "
-        "(MODULE is imported with the current directory on the path).",
-    )  # fmt: skip
-    study.add_argument("protocol", metavar="MODULE:ATTR", help="e.g. my_study:PROTOCOL")
-    _add_study_options(study)
-    summary = commands.add_parser("summary", help="print the model of each config")
-    summary.add_argument("protocol", nargs="?", default="circles", choices=BUILTIN,
-                         help="built-in protocol (default: circles)")  # fmt: skip
-    summary.add_argument("--configs", nargs="+", metavar="NAME", help="configs (default: all)")
-    summary.set_defaults(handler=_run_summary)
-    return parser
-
-
 # --------------------------------------------------------------------------- checks
-
-
-def _builtin(name: str):
-    from keras_bn_tools.studies import PROTOCOLS
-
-    try:
-        return PROTOCOLS[name]
-    except ModuleNotFoundError as error:
-        raise UsageError(f"the {name} protocol is not available here ({error})") from None
-
-
-def _user_protocol(spec: str):
-    from keras_bn_tools.studies import Protocol
-
-    module_name, _, attr = spec.partition(":")
-    if not module_name or not attr:
-        raise UsageError(f"MODULE:ATTR: expected e.g. my_study:PROTOCOL, got {spec!r}")
-    if "" not in sys.path and os.getcwd() not in sys.path:
-        sys.path.insert(0, os.getcwd())  # as `python -m` would
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as error:
-        raise UsageError(f"MODULE:ATTR: cannot import {module_name!r}: {error}") from None
-    protocol = getattr(module, attr, None)
-    if not isinstance(protocol, Protocol):
-        raise UsageError(
-            f"MODULE:ATTR: {spec!r} must name a keras_bn_tools.studies.Protocol, got "
-            f"{type(protocol).__name__}"
-        )
-    return protocol
 
 
 def _configs(protocol, names: Sequence[str] | None) -> list[str] | None:
@@ -242,113 +83,13 @@ def _check_engine(engine: str) -> None:
         ) from error
 
 
-def _check_out(out: Path, overwrite: bool) -> Path:
-    """Refuse an `--out` that cannot be written or would mix two studies; return the
-    existing directory where the staging directory goes (next to `--out`)."""
-    try:
-        return _usable_out(out, overwrite)
-    except (OSError, ValueError) as error:  # a NUL byte, a name too long, no permission
-        raise UsageError(f"--out {str(out)!r}: {error}") from None
-
-
-def _usable_out(out: Path, overwrite: bool) -> Path:
-    if str(out) in ("", "."):
-        raise UsageError("--out: give a directory name (not '' or the current directory)")
-    if "\0" in str(out):
-        raise ValueError("a path cannot hold a NUL character")
-    out = out.expanduser().absolute()
-    if out.exists() and not out.is_dir():
-        raise UsageError(f"--out {str(out)!r} exists and is not a directory")
-    if out.is_dir() and any(out.iterdir()):
-        if not (out / "results.json").exists():
-            raise UsageError(
-                f"--out {str(out)!r} is a directory that holds other files and no "
-                f"results.json; choose a new or empty directory"
-            )
-        if not overwrite:
-            raise UsageError(
-                f"--out {str(out)!r} holds an earlier study; pass --overwrite to replace it "
-                f"as a whole, or choose another directory"
-            )
-    anchor = out.parent
-    while not anchor.exists():
-        anchor = anchor.parent
-    if not anchor.is_dir():
-        raise UsageError(f"--out {str(out)!r}: {str(anchor)!r} is not a directory")
-    if not os.access(anchor, os.W_OK | os.X_OK):
-        raise UsageError(f"--out {str(out)!r}: {str(anchor)!r} is not writable")
-    return anchor
-
-
-# --------------------------------------------------------------------------- output
-
-
-@contextlib.contextmanager
-def _stop_on_signals() -> Iterator[None]:
-    """SIGTERM and SIGHUP raise `Stopped` (as SIGINT raises KeyboardInterrupt), so that
-    `finally` blocks run and remove the staging directory."""
-
-    def handler(signum, frame):
-        raise Stopped(signum)
-
-    previous = {}
-    for name in ("SIGTERM", "SIGHUP"):
-        if hasattr(signal, name):
-            previous[name] = signal.signal(getattr(signal, name), handler)
-    try:
-        yield
-    finally:
-        for name, old in previous.items():
-            signal.signal(getattr(signal, name), old)
-
-
-@contextlib.contextmanager
-def _signals_held() -> Iterator[None]:
-    """Hold SIGINT, SIGTERM and SIGHUP (delivered on exit) while files are renamed."""
-    names = ("SIGINT", "SIGTERM", "SIGHUP")
-    signals = {getattr(signal, n) for n in names if hasattr(signal, n)}
-    if not hasattr(signal, "pthread_sigmask"):  # pragma: no cover - Windows
-        yield
-        return
-    signal.pthread_sigmask(signal.SIG_BLOCK, signals)
-    try:
-        yield
-    finally:
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, signals)
-
-
-def _make_staging(anchor: Path, name: str) -> Path:
-    try:
-        staging = Path(tempfile.mkdtemp(prefix=f".keras-bn-tools-{name}-", dir=anchor))
-    except OSError as error:
-        raise UsageError(f"--out: cannot write in {str(anchor)!r}: {error.strerror}") from None
-    umask = os.umask(0)  # mkdtemp makes it private; it becomes --out, so use the umask
-    os.umask(umask)
-    staging.chmod(0o777 & ~umask)
-    return staging
-
-
-def _publish(staging: Path, out: Path) -> None:
-    """Move the finished staging directory to `out`, replacing an earlier study whole."""
-    out = out.expanduser().absolute()
-    with _signals_held():
-        out.parent.mkdir(parents=True, exist_ok=True)
-        old = None
-        if out.exists():
-            old = Path(tempfile.mkdtemp(prefix=".keras-bn-tools-old-", dir=out.parent))
-            os.rename(out, old / "results")
-        os.rename(staging, out)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-
-
 def _write(result: Any, staging: Path, moving_stats: bool) -> str:
     table = result.table()
     result.to_json(staging / "results.json")
     result.to_csv(staging / "results.csv", per="epoch")
     result.to_csv(staging / "runs.csv", per="run")
     (staging / "table.md").write_text(table + "\n", encoding="utf-8")
-    result.plot(staging / "accuracy.png", metrics=("accuracy", "val_accuracy"))
+    result.plot(staging / f"{result.metric}.png")  # accuracy.png, mae.png, ...
     result.plot(staging / "loss.png", metrics=("loss", "val_loss"))
     if moving_stats and (arrays := result.moving_stats_arrays()):
         import numpy as np
@@ -361,31 +102,42 @@ def _write(result: Any, staging: Path, moving_stats: bool) -> str:
 
 
 def _run_study(args: argparse.Namespace) -> int:
+    from keras_bn_tools.studies.experiments import DEFAULT_SEEDS
+
+    if args.seeds is None:
+        args.seeds = DEFAULT_SEEDS.get(getattr(args, "protocol", None), 10)
     if args.first_seed + args.seeds - 1 > MAX_SEED:
         raise UsageError(
             f"--seeds/--first-seed: seeds {args.first_seed}..{args.first_seed + args.seeds - 1} "
             f"go past {MAX_SEED} (2**32 - 1)"
         )
     user = args.command == "study"
-    protocol = _user_protocol(args.protocol) if user else _builtin(args.protocol)
+    protocol = user_protocol(args.protocol) if user else builtin_protocol(args.protocol)
     configs = _configs(protocol, args.configs)
     out = Path(args.out if args.out is not None else f"{protocol.name}_results")
-    anchor = _check_out(out, args.overwrite)
+    anchor = check_out(out, args.overwrite)
     _check_engine(args.engine)
     from keras_bn_tools.studies import run_study
+    from keras_bn_tools.studies.experiments import EXPERIMENTS, experiment_runner
 
-    staging = _make_staging(anchor, protocol.name)
+    staging = make_staging(anchor, protocol.name)
     try:
-        result = run_study(
+        experiment = None if user else EXPERIMENTS.get(protocol.name)
+        run = experiment_runner(protocol.name) if experiment else run_study
+        result = run(
             protocol, configs, range(args.first_seed, args.first_seed + args.seeds),
             epochs=args.epochs, batch_size=args.batch_size, engine=args.engine,
             shuffle=args.shuffle, progress=not args.no_progress,
         )  # fmt: skip
+        if experiment:  # its own table, data and plots beside the study's files
+            extra, result = result, result.study
+            extra.write(staging)
         table = _write(result, staging, args.moving_stats)
-        _publish(staging, out)
+        if experiment:
+            table = f"{table}\n\n{extra.table()}"
+        publish(staging, out)
     finally:
-        with _signals_held():
-            shutil.rmtree(staging, ignore_errors=True)
+        remove_staging(staging)
     print(table)
     print(
         f"\n{len(result.runs)} runs in {result.seconds:.1f} s (engine {result.engine}). "
@@ -396,26 +148,50 @@ def _run_study(args: argparse.Namespace) -> int:
 
 
 def _run_summary(args: argparse.Namespace) -> int:
-    protocol = _builtin(args.protocol)
+    study = saved_study(args.protocol)
+    if study is not None:
+        if args.configs is not None:
+            raise UsageError("--configs: a saved study's table shows every config it ran")
+        print(study.table())
+        return EXIT_OK
+    if args.protocol in BUILTIN:
+        protocol = builtin_protocol(args.protocol)
+    elif ":" in args.protocol:
+        protocol = user_protocol(args.protocol)
+    else:
+        raise UsageError(
+            f"WHAT: {args.protocol!r} is neither a saved study (a directory with results.json, "
+            f"or the file), a built-in protocol ({', '.join(BUILTIN)}), MODULE:ATTR nor "
+            f"FILE.py:ATTR"
+        )
     for name in _configs(protocol, args.configs) or list(protocol.configs):
-        print(f"{name}: {protocol.configs[name]}")
+        print(f"{name}: {protocol.config(name).description}")
         protocol.build(name).summary(print_fn=lambda line, *_, **__: print(line))
         print()
     return EXIT_OK
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Run the command line with `argv` (default `sys.argv[1:]`); return the exit status."""
-    argv = list(sys.argv[1:] if argv is None else argv)
-    parser = _build_parser(argv)
+def protocol_epilog(name: str) -> str | None:
+    """The `--help` epilog of a built-in protocol: its description and configs."""
     try:
-        args = parser.parse_args(argv)
-    except SystemExit as exit_:  # --help, --version and argparse's usage errors
-        return int(exit_.code) if isinstance(exit_.code, int) else EXIT_USAGE
+        protocol = builtin_protocol(name)
+    except UsageError:
+        return None
+    configs = "; ".join(f"{c}: {protocol.config(c).description}" for c in protocol.configs)
+    return f"{protocol.description} Configs: {configs}."
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run the command that `keras_bn_tools_cli` parsed into `args`; return the exit status.
+
+    Bad input found here prints one line and returns 2; SIGINT, SIGTERM and SIGHUP
+    leave `--out` as it was. The command line itself is `keras_bn_tools_cli.main`.
+    """
+    handler = _run_summary if args.command == "summary" else _run_study
     where = f"{PROG} {args.command}"
     try:
-        with _stop_on_signals():
-            return args.handler(args)
+        with stop_on_signals():
+            return handler(args)
     except UsageError as error:
         print(f"{where}: error: {error}", file=sys.stderr)
         return EXIT_USAGE
@@ -430,7 +206,3 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         print(f"{where}: error: {type(error).__name__}: {error}", file=sys.stderr)
         return EXIT_FAILURE
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -19,11 +19,8 @@ from keras_bn_tools._keras_compat import is_functional
 from keras_bn_tools._validation import check_bool
 from keras_bn_tools.graph import BatchNormPolicy, batchnorm_layers, clone_model
 from keras_bn_tools.layers import MomentumBatchNormalization
-from keras_bn_tools.layers.interface import (
-    KERAS_BN_VARIABLES,
-    as_batchnorm,
-    constructor_arguments,
-)
+from keras_bn_tools.layers.conversion import constructor_arguments
+from keras_bn_tools.layers.interface import KERAS_BN_VARIABLES, as_batchnorm
 from keras_bn_tools.ops import to_numpy
 
 __all__ = ["BN_VARIABLES", "convert_batchnorm", "convert_layer"]

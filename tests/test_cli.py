@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from keras_bn_tools import cli
-from keras_bn_tools._cli_startup import is_cli_process
+import keras_bn_tools_cli as cli
+from keras_bn_tools.cli import OUTPUTS
 
 ROOT = Path(__file__).resolve().parents[1]
 QUICK = ["--configs", "baseline", "--seeds", "1", "--epochs", "1", "--no-progress"]
@@ -64,15 +64,33 @@ def test_version(capsys):
 
 
 @pytest.mark.backend_agnostic
-def test_help_does_not_import_tensorflow():
+def test_help_version_and_usage_errors_import_neither_the_package_nor_keras():
+    """The console script's front answers these from the standard library alone."""
     code = (
-        "import sys\nfrom keras_bn_tools.cli import main\nstatus = main(['circles', '--help'])\n"
-        "assert 'tensorflow' not in sys.modules, 'help imported TensorFlow'\nsys.exit(status)\n"
+        "import sys\nfrom keras_bn_tools_cli import main\n"
+        "statuses = [main(['--help']), main(['--version']), main(['circles', '--seeds', '0'])]\n"
+        "loaded = [m for m in ('keras_bn_tools', 'keras', 'tensorflow', 'jax', 'torch') "
+        "if m in sys.modules]\n"
+        "assert not loaded, f'imported {loaded}'\nprint(statuses)\n"
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                             timeout=120, check=False, env=_env())  # fmt: skip
     assert result.returncode == 0, result.stderr
-    assert "--configs" in result.stdout
+    assert result.stdout.strip().splitlines()[-1] == "[0, 0, 2]"
+    assert "--seeds: expected an integer >= 1" in result.stderr
+
+
+@pytest.mark.backend_agnostic
+def test_the_front_agrees_with_the_package():
+    """The front lists what it cannot import: the built-in protocols, the engines and the
+    seed range."""
+    from keras_bn_tools._validation import MAX_SEED
+    from keras_bn_tools.studies.engines import ENGINES
+    from keras_bn_tools.studies.registry import BUILTIN
+
+    assert tuple(BUILTIN) == cli.BUILTIN
+    assert tuple(ENGINES) == cli.ENGINES
+    assert cli.MAX_SEED == MAX_SEED
 
 
 # --------------------------------------------------------------------------- bad input
@@ -156,7 +174,7 @@ def test_circles_writes_everything(capsys, tmp_path):
     assert captured.out.startswith("| config | runs |")
     assert "| baseline | 2 |" in captured.out and "| bn-after | 2 |" in captured.out
     assert "Wrote" in captured.err and "Traceback" not in captured.err
-    assert _listing(out) == sorted([*cli.OUTPUTS, "moving_stats.npz"])
+    assert _listing(out) == sorted([*OUTPUTS, "moving_stats.npz"])
     results = json.loads((out / "results.json").read_text())
     assert results["configs"] == ["baseline", "bn-after"] and results["seeds"] == [0, 1]
     assert results["engine"] == "compiled" and results["shuffle"] == "once"
@@ -176,9 +194,9 @@ def test_overwrite_replaces_an_earlier_study_whole(capsys, tmp_path):
     argv = ["circles", *QUICK, "--engine", "fit", "--out", str(out), "--overwrite"]
     assert cli.main(argv) == 0
     capsys.readouterr()
-    assert _listing(out) == sorted(cli.OUTPUTS)  # the stale moving_stats.npz is gone
+    assert _listing(out) == sorted(OUTPUTS)  # the stale moving_stats.npz is gone
     assert json.loads((out / "results.json").read_text())["engine"] == "fit"
-    assert _listing(tmp_path) == ["results", *(f"results/{n}" for n in sorted(cli.OUTPUTS))]
+    assert _listing(tmp_path) == ["results", *(f"results/{n}" for n in sorted(OUTPUTS))]
 
 
 def test_failed_run_leaves_out_as_it_was(capsys, tmp_path, monkeypatch):
@@ -223,23 +241,14 @@ def test_summary(capsys):
 # --------------------------------------------------------------------------- process
 
 
-@pytest.mark.backend_agnostic
-def test_only_the_cli_process_counts_as_the_cli():
-    assert is_cli_process(["/usr/bin/keras-bn-tools", "circles"], ["python", "x"])
-    assert is_cli_process(["-m"], ["python3", "-m", "keras_bn_tools", "circles"])
-    assert is_cli_process(["-m"], ["python3", "-X", "dev", "-mkeras_bn_tools"])
-    assert not is_cli_process(["-m"], ["python3", "-m", "pytest"])
-    assert not is_cli_process(["-c"], ["python3", "-c", "import keras_bn_tools", "-m"])
-    assert not is_cli_process(["train.py"], ["python3", "train.py", "-m", "keras_bn_tools"])
-
-
 STARTUP_NOISE = ("oneDNN", "cuda", "cuInit", "absl", "cpu_feature")
 
 
 def test_cli_prints_only_its_own_output_and_libraries_keep_the_environment(tmp_path):
-    """`python -m keras_bn_tools` and the console script: none of TensorFlow's start-up
-    lines on stderr. A program that imports the library gets its environment untouched."""
-    commands = [[sys.executable, "-m", "keras_bn_tools"]]
+    """`python -m keras_bn_tools_cli` and the console script: none of TensorFlow's start-up
+    lines on stderr (`python -m keras_bn_tools` imports the package, and TensorFlow, before
+    the command starts). A program that imports the library gets its environment untouched."""
+    commands = [[sys.executable, "-m", "keras_bn_tools_cli"]]
     if shutil.which("keras-bn-tools"):
         commands.append([shutil.which("keras-bn-tools")])
     for i, command in enumerate(commands):
@@ -250,10 +259,14 @@ def test_cli_prints_only_its_own_output_and_libraries_keep_the_environment(tmp_p
         assert result.stdout.startswith("| config |")
         noise = [w for w in STARTUP_NOISE if w in result.stderr]
         assert not noise, f"{command}: start-up lines on stderr:\n{result.stderr}"
-    code = "import os, keras_bn_tools; print(os.environ.get('TF_CPP_MIN_LOG_LEVEL'))"
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                            timeout=300, check=False, env=_env())  # fmt: skip
-    assert result.stdout.strip() == "None"
+    environments = []
+    for module in ("keras", "keras_bn_tools"):  # Keras itself sets TF_CPP_MIN_LOG_LEVEL=1
+        code = f"import os, json, {module}; print(json.dumps(dict(os.environ)))"
+        result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                                timeout=300, check=False, env=_env())  # fmt: skip
+        assert result.returncode == 0, result.stderr
+        environments.append(result.stdout.strip().splitlines()[-1])
+    assert environments[1] == environments[0]
 
 
 @pytest.mark.skipif(not hasattr(signal, "SIGHUP"), reason="POSIX signals")
@@ -276,3 +289,86 @@ def test_every_way_of_stopping_leaves_out_as_it_was(signum, tmp_path):
     assert "--out is as it was" in err and "Traceback" not in err
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before
     assert _listing(tmp_path) == ["results", "results/moving_stats.npz", "results/results.json"]
+
+
+# --------------------------------------------------------------------------- issue 23
+
+
+def _protocols_file(directory: Path) -> Path:
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / "my_protocols.py"
+    path.write_text((ROOT / "tests" / "studies" / "study_protocols.py").read_text())
+    return path
+
+
+def test_study_runs_a_one_hot_protocol_from_a_file_path(capsys, tmp_path, monkeypatch):
+    """`study path/to/file.py:ATTR` from another directory: a softmax model on one-hot
+    labels, scored with categorical accuracy, end to end."""
+    _protocols_file(tmp_path / "protocols")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    monkeypatch.setattr(sys, "modules", dict(sys.modules))
+    out = tmp_path / "one_hot"
+    argv = ["study", "protocols/my_protocols.py:ONE_HOT", "--seeds", "2", "--epochs", "2",
+            "--no-progress", "--out", str(out)]  # fmt: skip
+    assert cli.main(argv) == 0
+    captured = capsys.readouterr()
+    assert "| plain | 2 |" in captured.out and "| bn | 2 |" in captured.out
+    assert "epochs to 60% test acc" in captured.out
+    results = json.loads((out / "results.json").read_text())
+    assert results["metric"] == "accuracy" and results["mode"] == "max"
+    assert results["metadata"]["metric_name"] == "categorical_accuracy"
+    assert _listing(out) == sorted(cli.OUTPUTS)
+
+
+@pytest.mark.backend_agnostic
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [
+        ("missing.py:P", "FILE.py:ATTR: no file 'missing.py'"),
+        ("broken.py:P", "FILE.py:ATTR: running 'broken.py' failed: ZeroDivisionError"),
+        ("protocols/my_protocols.py:NOPE", "must name a keras_bn_tools.studies.Protocol"),
+    ],
+)
+def test_a_bad_file_protocol_exits_2_naming_it(spec, message, capsys, tmp_path, monkeypatch):
+    _protocols_file(tmp_path / "protocols")
+    (tmp_path / "broken.py").write_text("1 / 0\n")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    monkeypatch.setattr(sys, "modules", dict(sys.modules))
+    assert cli.main(["study", spec, *QUICK[2:]]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+
+
+def test_diabetes_runs_from_the_command_line_and_summary_reads_it_back(capsys, tmp_path):
+    out = tmp_path / "diabetes"
+    argv = ["diabetes", "--configs", "baseline", "bn-input", "--seeds", "2", "--epochs", "3",
+            "--no-progress", "--out", str(out)]  # fmt: skip
+    assert cli.main(argv) == 0
+    table = capsys.readouterr().out
+    assert table.startswith("| config | runs | train MAE |")
+    assert "epochs to test MAE <= 50" in table and "lower is better" in table
+    assert _listing(out) == sorted(
+        ["results.json", "results.csv", "runs.csv", "table.md", "mae.png", "loss.png"]
+    )
+    results = json.loads((out / "results.json").read_text())
+    assert results["metric"] == "mae" and results["mode"] == "min"
+    assert (out / "results.csv").read_text().splitlines()[0].endswith("loss,mae,val_loss,val_mae")
+    for where in (out, out / "results.json"):
+        assert cli.main(["summary", str(where)]) == 0
+        assert capsys.readouterr().out.strip() == (out / "table.md").read_text().strip()
+
+
+@pytest.mark.backend_agnostic
+def test_summary_prints_a_user_protocols_models_and_refuses_anything_else(
+    capsys, tmp_path, monkeypatch
+):
+    path = _protocols_file(tmp_path)
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    monkeypatch.setattr(sys, "modules", dict(sys.modules))
+    assert cli.main(["summary", f"{path}:REGRESSION", "--configs", "bn"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("bn: BN before the ReLU") and "regression_bn" in out
+    assert cli.main(["summary", "nonsense"]) == 2
+    assert "WHAT: 'nonsense' is neither a saved study" in capsys.readouterr().err

@@ -25,7 +25,6 @@ scale, shift = bn.inference_affine()  # y = x * scale + shift, float64
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Mapping
 from typing import Any, Protocol, runtime_checkable
 
@@ -33,15 +32,18 @@ import keras
 import numpy as np
 
 from keras_bn_tools._validation import check_statistic
-from keras_bn_tools.ops import affine_from_statistics, to_numpy
+from keras_bn_tools.ops import affine_from_statistics, moments, to_numpy
 
 __all__ = [
     "KERAS_BN_VARIABLES",
     "BatchNormInterface",
+    "BatchNormReads",
     "KerasBatchNorm",
     "as_batchnorm",
-    "constructor_arguments",
+    "assign_keras_variables",
+    "checked_statistics",
     "is_batchnorm",
+    "keras_variables_of",
 ]
 
 #: The variables of `keras.layers.BatchNormalization`, in the order its `weights` lists
@@ -117,25 +119,14 @@ class BatchNormInterface(Protocol):
         """`(mean, variance)` tensors the last training call used, or None if not kept."""
         ...
 
+    def training_moments(self, inputs: Any, mask: Any = None) -> tuple[Any, Any]:
+        """The per-feature `(mean, variance)` a training-mode call on `inputs` would
+        average into the moving statistics (ghost batches pooled), without any update."""
+        ...
+
     def dropped_options(self, target: type) -> dict[str, Any]:
         """The options (name -> value) a conversion to class `target` would lose."""
         ...
-
-
-def constructor_arguments(cls: type) -> frozenset[str]:
-    """The keyword arguments `cls(...)` accepts by name (base layer arguments included)."""
-    names = {"name", "trainable", "dtype"}
-    for klass in cls.__mro__:
-        if klass is keras.layers.Layer:
-            break
-        init = klass.__dict__.get("__init__")
-        if init is None:
-            continue
-        for parameter in inspect.signature(init).parameters.values():
-            if parameter.kind in (parameter.POSITIONAL_OR_KEYWORD, parameter.KEYWORD_ONLY):
-                names.add(parameter.name)
-    names.discard("self")
-    return frozenset(names)
 
 
 def _assign(variable: keras.Variable, value: Any) -> None:
@@ -165,7 +156,56 @@ def checked_statistics(
     return mean, variance
 
 
-class KerasBatchNorm:
+class BatchNormReads:
+    """The members of `BatchNormInterface` that read Keras BN's own variables.
+
+    Shared by the Keras adapter and the package's BN layers; `_batchnorm_layer()`
+    returns the `keras.layers.BatchNormalization` (or subclass) read. (A method,
+    not an attribute: `keras.saving` walks a layer's attributes, and one that
+    returns the layer itself would never end.)
+    """
+
+    def _batchnorm_layer(self) -> keras.layers.BatchNormalization:
+        raise NotImplementedError
+
+    @property
+    def channel_axis(self) -> int:
+        """The feature axis, as the layer was given it (may be negative)."""
+        return int(self._batchnorm_layer().axis)
+
+    def moving_statistics(self) -> tuple[np.ndarray, np.ndarray]:
+        """`(moving_mean, moving_variance)` as NumPy copies."""
+        layer = self._batchnorm_layer()
+        return to_numpy(layer.moving_mean), to_numpy(layer.moving_variance)
+
+    def affine_parameters(self) -> tuple[np.ndarray | None, np.ndarray | None]:
+        """`(gamma, beta)` as NumPy copies; None for one the layer does not have."""
+        layer = self._batchnorm_layer()
+        gamma = to_numpy(layer.gamma) if layer.scale else None
+        beta = to_numpy(layer.beta) if layer.center else None
+        return gamma, beta
+
+    def inference_affine(self) -> tuple[np.ndarray, np.ndarray]:
+        """`(scale, shift)`, float64, with `layer(x, training=False) = x * scale + shift`."""
+        return affine_from_statistics(
+            *self.moving_statistics(),
+            float(self._batchnorm_layer().epsilon),
+            *self.affine_parameters(),
+        )
+
+    def keras_variables(self) -> dict[str, keras.Variable]:
+        """The variables `keras.layers.BatchNormalization` has, by name, in `weights` order."""
+        return keras_variables_of(self._batchnorm_layer())
+
+    def training_moments(self, inputs: Any, mask: Any = None) -> tuple[Any, Any]:
+        """The `(mean, variance)` a training-mode call on `inputs` would average into the
+        moving statistics, per feature, computed without touching any state."""
+        rank = len(inputs.shape)
+        axes = [i for i in range(rank) if i != self.channel_axis % rank]
+        return moments(inputs, axes, mask=mask)
+
+
+class KerasBatchNorm(BatchNormReads):
     """`BatchNormInterface` for a `keras.layers.BatchNormalization` (or a subclass that
     does not implement the interface itself)."""
 
@@ -177,23 +217,24 @@ class KerasBatchNorm:
             )
         self._layer = layer
 
+    def _batchnorm_layer(self) -> keras.layers.BatchNormalization:
+        return self._layer
+
     def __repr__(self) -> str:
-        return f"KerasBatchNorm({self._layer.name!r})"
+        return f"KerasBatchNorm({self._batchnorm_layer().name!r})"
 
     @property
-    def channel_axis(self) -> int:
-        return int(self._layer.axis)
+    def layer(self) -> keras.layers.BatchNormalization:
+        """The adapted layer."""
+        return self._batchnorm_layer()
 
     @property
     def epsilon(self) -> float:
-        return float(self._layer.epsilon)
+        return float(self._batchnorm_layer().epsilon)
 
     @property
     def training_is_plain(self) -> bool:
-        return bool(self._layer.trainable) and not self._layer.renorm
-
-    def moving_statistics(self) -> tuple[np.ndarray, np.ndarray]:
-        return to_numpy(self._layer.moving_mean), to_numpy(self._layer.moving_variance)
+        return bool(self._batchnorm_layer().trainable) and not self._batchnorm_layer().renorm
 
     def set_moving_statistics(self, mean: Any, variance: Any, *, count: int | None = None) -> None:
         """Write `moving_mean`/`moving_variance`; with renorm, `moving_stddev` too.
@@ -204,30 +245,18 @@ class KerasBatchNorm:
         sake and ignored: an exponential average keeps no count.
         """
         del count
-        mean, variance = checked_statistics(self._layer, mean, variance)
-        _assign(self._layer.moving_mean, mean)
-        _assign(self._layer.moving_variance, variance)
-        if self._layer.renorm:
-            _assign(self._layer.moving_stddev, np.sqrt(variance + self.epsilon))
-
-    def affine_parameters(self) -> tuple[np.ndarray | None, np.ndarray | None]:
-        gamma = to_numpy(self._layer.gamma) if self._layer.scale else None
-        beta = to_numpy(self._layer.beta) if self._layer.center else None
-        return gamma, beta
-
-    def inference_affine(self) -> tuple[np.ndarray, np.ndarray]:
-        return affine_from_statistics(
-            *self.moving_statistics(), self.epsilon, *self.affine_parameters()
-        )
-
-    def keras_variables(self) -> dict[str, keras.Variable]:
-        return keras_variables_of(self._layer)
+        layer = self._layer
+        mean, variance = checked_statistics(layer, mean, variance)
+        _assign(layer.moving_mean, mean)
+        _assign(layer.moving_variance, variance)
+        if layer.renorm:
+            _assign(layer.moving_stddev, np.sqrt(variance + self.epsilon))
 
     def statistic_variables(self) -> dict[str, keras.Variable]:
         return self.keras_variables()
 
     def set_keras_variables(self, values: Mapping[str, Any]) -> None:
-        assign_keras_variables(self._layer, values)
+        assign_keras_variables(self._batchnorm_layer(), values)
 
     def last_batch_statistics(self) -> tuple[Any, Any] | None:
         return None

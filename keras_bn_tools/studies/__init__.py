@@ -3,8 +3,10 @@
 A study trains each config of a `Protocol` once per seed and reports final
 accuracies, epochs to the protocol's target and learning curves:
 
-- `Protocol` (`studies.protocol`): one experiment, and the data order a study feeds.
-- `PROTOCOLS`: the built-in ones, `"circles"`, `"digits"`, `"sequence"`.
+- `Protocol` (`studies.protocol`): one experiment, and the data order a study feeds;
+  `Config`: a config's description and its own training settings.
+- `studies.metrics`: the metrics a study reports, scored in NumPy.
+- `PROTOCOLS`: the built-in ones (`studies.registry.BUILTIN` lists them).
 - `run_study(protocol, configs, seeds, ...)` (`studies.study`) -> `StudyResult`.
 - `RunResult`, `StudyResult` (`studies.results`).
 - `studies.engines`: `fit` (every backend) and `compiled` (TensorFlow, JAX).
@@ -18,18 +20,34 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
+from keras_bn_tools.studies.registry import BUILTIN
+
 _LAZY_ATTRIBUTES = {
+    "Config": "keras_bn_tools.studies.protocol",
     "Protocol": "keras_bn_tools.studies.protocol",
     "training_orders": "keras_bn_tools.studies.protocol",
-    "PROTOCOLS": "keras_bn_tools.studies.study",
+    "PROTOCOLS": "keras_bn_tools.studies.registry",
     "run_study": "keras_bn_tools.studies.study",
     "RunResult": "keras_bn_tools.studies.results",
     "StudyResult": "keras_bn_tools.studies.results",
 }
-_LAZY_SUBMODULES = {"circles", "digits", "sequence", "engines", "protocol", "results", "study"}
+#: The built-in protocols' modules (from the one registry) and the study machinery.
+_LAZY_SUBMODULES = {
+    *BUILTIN.values(),
+    "engines",
+    "experiments",
+    "metrics",
+    "protocol",
+    "registry",
+    "results",
+    "runs",
+    "statistics",
+    "study",
+}
 
 __all__ = [
     "PROTOCOLS",
+    "Config",
     "Protocol",
     "RunResult",
     "StudyResult",
@@ -38,9 +56,10 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:  # pragma: no cover
-    from keras_bn_tools.studies.protocol import Protocol, training_orders
+    from keras_bn_tools.studies.protocol import Config, Protocol, training_orders
+    from keras_bn_tools.studies.registry import PROTOCOLS
     from keras_bn_tools.studies.results import RunResult, StudyResult
-    from keras_bn_tools.studies.study import PROTOCOLS, run_study
+    from keras_bn_tools.studies.study import run_study
 
 
 def __getattr__(name: str) -> Any:

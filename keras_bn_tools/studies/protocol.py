@@ -32,8 +32,9 @@ from typing import Any
 import numpy as np
 
 from keras_bn_tools._validation import check_choice, check_int_in_range, check_positive_int
+from keras_bn_tools.studies.metrics import LEGACY_ACCURACY, NAMES, bounds_of, mode_of
 
-__all__ = ["ACCURACIES", "SHUFFLES", "Data", "Protocol", "training_orders"]
+__all__ = ["ACCURACIES", "SHUFFLES", "Config", "Data", "Protocol", "training_orders"]
 
 #: `((train_x, train_y), (test_x, test_y))` as NumPy arrays.
 Data = tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]
@@ -42,6 +43,64 @@ Data = tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]
 SHUFFLES = ("epoch", "once", "none")
 #: How a protocol's accuracy is computed: `"auto"` decides from the model's output.
 ACCURACIES = ("auto", "binary", "sparse_categorical")
+
+
+@dataclass(frozen=True)
+class Config:
+    """A value of `Protocol.configs`: a description, and training settings that override
+    the protocol's for this config's runs.
+
+    Every engine honours the settings (a compiled engine compiles one program per
+    config), and each `RunResult.settings` records them. A plain string in
+    `Protocol.configs` means `Config(that_string)`: no overrides.
+
+    Args:
+        description: one line for people.
+        batch_size: the training batch size of this config's runs (positive int).
+        epochs: the number of epochs of this config's runs (positive int).
+        optimizer: a zero-argument callable returning a fresh Keras optimizer.
+
+    Example:
+        ```python
+        from keras_bn_tools.studies import Config
+
+        configs = {
+            "bn": "BN after each hidden layer",
+            "bn-batch-4": Config("the same with batches of 4", batch_size=4),
+        }
+        ```
+    """
+
+    description: str
+    batch_size: int | None = None
+    epochs: int | None = None
+    optimizer: Callable[[], Any] | None = None
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.description, str):
+            raise TypeError(f"Config `description` must be a string, got {self.description!r}.")
+        for name in ("batch_size", "epochs"):
+            value = getattr(self, name)
+            if value is not None and (
+                isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 1
+            ):
+                integer = isinstance(value, int | np.integer) and not isinstance(value, bool)
+                error = ValueError if integer else TypeError
+                raise error(
+                    f"Config {self.description!r}: `{name}` must be a positive integer or "
+                    f"None (the protocol's), got {value!r}."
+                )
+        if self.optimizer is not None and not callable(self.optimizer):
+            raise TypeError(
+                f"Config {self.description!r}: `optimizer` must be a zero-argument callable "
+                f"returning a fresh Keras optimizer (a factory, not an optimizer instance), "
+                f"or None; got {self.optimizer!r}."
+            )
+
+    def overrides(self) -> dict[str, Any]:
+        """The settings this config sets: `{"batch_size": 4}` etc."""
+        names = ("batch_size", "epochs", "optimizer")
+        return {n: getattr(self, n) for n in names if getattr(self, n) is not None}
 
 
 @dataclass(frozen=True)
@@ -56,21 +115,34 @@ class Protocol:
         build: `build(config) -> keras.Model`, a fresh, uncompiled, built model
             for the config named `config`. Give BN layers explicit names if the
             moving statistics of different runs should share keys.
-        configs: ordered mapping from config name to a one-line description.
+        configs: ordered mapping from config name to a one-line description or
+            a `Config` (a description plus training settings for its runs).
         default_configs: the configs a study runs when none are named.
         epochs: number of training epochs per run.
         batch_size: training batch size.
         optimizer: zero-argument callable returning a fresh Keras optimizer.
         loss: a Keras loss (name or instance), as `model.compile` takes it.
-        target: the test accuracy whose first crossing "epochs to target" reports.
-        accuracy: `"binary"` (one sigmoid output, threshold 0.5),
-            `"sparse_categorical"` (one output per class, integer labels) or
-            `"auto"` (default): binary when the model has one output unit.
+        target: the test metric whose first crossing "epochs to target" reports,
+            in the metric's units: crossed when the test metric is `>=` the
+            target (mode `"max"`) or `<=` it (mode `"min"`).
+        accuracy: older protocols' way to name the accuracy: `"binary"`,
+            `"sparse_categorical"` or `"auto"` (default); the same as `metric`
+            `"binary_accuracy"`, `"sparse_categorical_accuracy"`, `"accuracy"`.
         jit_compile: whether TensorFlow's compiled engine uses XLA for this
             protocol's models: `True`, `False`, or `"auto"` (default: from 4
             seeds on). XLA speeds small dense and recurrent models up several
             times on a CPU but slows convolutions down (see docs/studies.md);
             `run_study(..., jit_compile=...)` overrides it.
+        metric: what the study reports and targets (`keras_bn_tools.studies.metrics`):
+            `"accuracy"` (default: binary, sparse or one-hot, decided from the
+            model's output and the labels), `"binary_accuracy"`,
+            `"sparse_categorical_accuracy"`, `"categorical_accuracy"`, `"mse"` /
+            `"mean_squared_error"`, `"mae"` / `"mean_absolute_error"` or `"auc"`.
+        mode: `"max"` or `"min"`; default (None): the metric's own direction. A
+            mode that contradicts the metric is refused.
+
+    A `build(config)` that returns a compiled model is refused: a study compiles
+    with `loss` and the config's (or the protocol's) `optimizer`.
 
     Example:
         ```python
@@ -109,6 +181,8 @@ class Protocol:
     target: float
     accuracy: str = "auto"
     jit_compile: bool | str = "auto"
+    metric: str = "accuracy"
+    mode: str | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not self.name:
@@ -137,15 +211,76 @@ class Protocol:
             )
         check_positive_int("epochs", self.epochs)
         check_positive_int("batch_size", self.batch_size)
-        target = self.target
-        if isinstance(target, bool) or not isinstance(target, int | float) or not 0 <= target <= 1:
-            raise ValueError(f"Protocol {self.name!r}: `target` must be in [0, 1], got {target!r}.")
         check_choice("accuracy", self.accuracy, ACCURACIES)
         if self.jit_compile not in (True, False, "auto"):
             raise ValueError(
                 f"Protocol {self.name!r}: `jit_compile` must be True, False or 'auto', "
                 f"got {self.jit_compile!r}."
             )
+        self._check_configs()
+        self._check_metric()
+
+    def _check_configs(self) -> None:
+        for name, value in self.configs.items():
+            if not isinstance(name, str) or not name:
+                raise TypeError(
+                    f"Protocol {self.name!r}: `configs` keys must be non-empty strings, "
+                    f"got {name!r}."
+                )
+            if not isinstance(value, str | Config):
+                raise TypeError(
+                    f"Protocol {self.name!r}: `configs[{name!r}]` must be a description "
+                    f"string or a studies.Config(description, batch_size=..., epochs=..., "
+                    f"optimizer=...), got {value!r}."
+                )
+
+    def _check_metric(self) -> None:
+        where = f"Protocol {self.name!r}"
+        if self.metric not in NAMES:
+            raise ValueError(
+                f"{where}: unknown `metric` {self.metric!r}; allowed: {', '.join(NAMES)}."
+            )
+        if self.accuracy != "auto" and self.metric != "accuracy":
+            raise ValueError(
+                f"{where}: `accuracy`={self.accuracy!r} and `metric`={self.metric!r} both "
+                f"name the metric; give `metric` alone."
+            )
+        natural = mode_of(self.resolved_metric)
+        if self.mode is not None and self.mode not in ("max", "min"):
+            raise ValueError(f"{where}: `mode` must be 'max', 'min' or None, got {self.mode!r}.")
+        if self.mode is not None and self.mode != natural:
+            raise ValueError(
+                f"{where}: `mode`={self.mode!r} contradicts `metric`={self.metric!r}, which "
+                f"is better when {'higher' if natural == 'max' else 'lower'}; allowed: "
+                f"{natural!r} or None."
+            )
+        low, high = bounds_of(self.resolved_metric)
+        target = self.target
+        if (
+            isinstance(target, bool)
+            or not isinstance(target, int | float)
+            or not low <= target <= high
+            or not np.isfinite(target)
+        ):
+            raise ValueError(
+                f"{where}: `target` must be a number in [{low:g}, {high:g}] (the range of "
+                f"`metric` {self.metric!r}), got {target!r}."
+            )
+
+    @property
+    def resolved_metric(self) -> str:
+        """`metric`, or the metric an older protocol's `accuracy` names."""
+        return LEGACY_ACCURACY[self.accuracy] if self.metric == "accuracy" else self.metric
+
+    @property
+    def direction(self) -> str:
+        """`"max"` or `"min"`: `mode`, else the metric's."""
+        return self.mode or mode_of(self.resolved_metric)
+
+    def config(self, name: str) -> Config:
+        """`configs[name]` as a `Config` (a plain description has no overrides)."""
+        value = self.configs[name]
+        return value if isinstance(value, Config) else Config(value)
 
 
 def training_orders(seed: int, rows: int, epochs: int, shuffle: str = "epoch") -> np.ndarray:

@@ -1,4 +1,5 @@
-"""`RunResult` (one config, one seed) and `StudyResult` (every run, with tables and files)."""
+"""`StudyResult`: every run of a study, with statistics, tables, files and plots
+(`RunResult`, one run, is in `studies.runs`)."""
 
 from __future__ import annotations
 
@@ -12,126 +13,10 @@ from typing import Any
 
 import numpy as np
 
-from keras_bn_tools.studies.statistics import (
-    describe,
-    describe_epochs,
-    epochs_to,
-    format_seeds,
-    format_table,
-)
+from keras_bn_tools.studies.runs import BOUNDS, LABELS, METRICS, RunResult, curve_names
+from keras_bn_tools.studies.statistics import describe, describe_epochs, format_seeds, format_table
 
-__all__ = ["METRICS", "RunResult", "StudyResult"]
-
-#: Per-epoch curves recorded for every run, in `model.fit`'s history names.
-METRICS = ("loss", "accuracy", "val_loss", "val_accuracy")
-
-
-def _clean(value: float) -> float:
-    """A float32 value as the shortest float that round-trips through float32 (7 digits)."""
-    return float(f"{float(value):.7g}")
-
-
-@dataclass
-class RunResult:
-    """One run: one config, one seed.
-
-    Attributes:
-        config: the config's name.
-        seed: the seed of `keras.utils.set_random_seed` before building, and of
-            the data order.
-        history: `METRICS` name -> per-epoch values, as `model.fit`'s history:
-            `loss`/`accuracy` are averages over the epoch's batches of the
-            training-mode outputs before each update; `val_loss`/`val_accuracy`
-            are inference-mode values on the test set after the epoch.
-        final: inference-mode `train_loss`, `train_accuracy`, `test_loss`,
-            `test_accuracy` after the last epoch (the tutorial's `model.evaluate`).
-        target: the protocol's target test accuracy.
-        moving_stats: BN layer key -> stat -> array `(epochs, features)`: the
-            value at the end of each epoch.
-        seconds: wall time of the run (a compiled engine spreads its compile
-            time over the runs it compiled for).
-        compile_seconds: the part of `seconds` spent compiling, where the
-            engine measures it apart (JAX); 0 otherwise.
-        engine: the engine that ran it: `"compiled"` or `"fit"`.
-        callbacks: the callbacks `callbacks_factory` made for this run (fit engine).
-        weights: the final `model.get_weights()`.
-    """
-
-    config: str
-    seed: int
-    history: dict[str, np.ndarray]
-    final: dict[str, float] = field(default_factory=dict)
-    target: float = 0.8
-    moving_stats: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
-    seconds: float = float("nan")
-    compile_seconds: float = 0.0
-    engine: str = "compiled"
-    callbacks: list[Any] = field(default_factory=list, repr=False, compare=False)
-    weights: list[np.ndarray] | None = field(default=None, repr=False, compare=False)
-
-    @property
-    def epochs(self) -> int:
-        return len(self.history["val_accuracy"])
-
-    @property
-    def final_train_accuracy(self) -> float:
-        """Inference-mode accuracy on the training set after the last epoch."""
-        return float(self.final["train_accuracy"])
-
-    @property
-    def final_test_accuracy(self) -> float:
-        """Inference-mode accuracy on the test set after the last epoch."""
-        return float(self.final.get("test_accuracy", self.history["val_accuracy"][-1]))
-
-    @property
-    def last_epoch_accuracy(self) -> float:
-        """The last epoch's training accuracy as `fit` reports it (training mode)."""
-        return float(self.history["accuracy"][-1])
-
-    def epochs_to(self, threshold: float, metric: str = "val_accuracy") -> int | None:
-        """First epoch (1-based) whose `metric` is >= `threshold`, or None if never."""
-        return epochs_to(self.history[metric], threshold)
-
-    @property
-    def epochs_to_target(self) -> int | None:
-        """First epoch (1-based) whose test accuracy reaches `target`, or None if never."""
-        return self.epochs_to(self.target)
-
-    def to_dict(self, *, moving_stats: bool = False) -> dict[str, Any]:
-        item = {
-            "config": self.config,
-            "seed": self.seed,
-            "engine": self.engine,
-            "seconds": self.seconds,
-            "final_train_accuracy": _clean(self.final_train_accuracy),
-            "final_test_accuracy": _clean(self.final_test_accuracy),
-            "last_epoch_accuracy": _clean(self.last_epoch_accuracy),
-            "epochs_to_target": self.epochs_to_target,
-            "final": {k: _clean(v) for k, v in self.final.items()},
-            "history": {m: [_clean(v) for v in self.history[m]] for m in METRICS},
-        }
-        if moving_stats:
-            item["moving_stats"] = {
-                layer: {stat: np.asarray(v).tolist() for stat, v in stats.items()}
-                for layer, stats in self.moving_stats.items()
-            }
-        return item
-
-    @classmethod
-    def from_dict(cls, item: dict[str, Any], target: float) -> RunResult:
-        return cls(
-            config=item["config"],
-            seed=int(item["seed"]),
-            history={m: np.asarray(v, dtype="float32") for m, v in item["history"].items()},
-            final={k: float(v) for k, v in item.get("final", {}).items()},
-            target=target,
-            moving_stats={
-                layer: {stat: np.asarray(v, dtype="float32") for stat, v in stats.items()}
-                for layer, stats in item.get("moving_stats", {}).items()
-            },
-            seconds=float(item.get("seconds", float("nan"))),
-            engine=item.get("engine", "fit"),
-        )
+__all__ = ["METRICS", "RunResult", "StudyResult", "curve_names"]
 
 
 @dataclass
@@ -146,10 +31,13 @@ class StudyResult:
         epochs: epochs per run.
         batch_size: training batch size.
         shuffle: the data order (`"epoch"`, `"once"` or `"none"`).
-        target: the protocol's target test accuracy.
+        target: the protocol's target, in the metric's units.
         engine: the engine that ran (`"compiled"` or `"fit"`, never `"auto"`).
         seconds: wall time of the whole study.
-        metadata: versions, the protocol's description, engine details.
+        metadata: versions, the protocol's description, engine details, each
+            config's settings (`config_settings`).
+        metric: the metric's history key (`"accuracy"`, `"mse"`, `"mae"`, `"auc"`).
+        mode: `"max"` or `"min"`: the direction in which the target is reached.
     """
 
     protocol: str
@@ -163,6 +51,13 @@ class StudyResult:
     target: float = 0.8
     seconds: float = float("nan")
     metadata: dict[str, Any] = field(default_factory=dict)
+    metric: str = "accuracy"
+    mode: str = "max"
+
+    @property
+    def curves(self) -> tuple[str, str, str, str]:
+        """The per-epoch curves every run records: `curve_names(metric)`."""
+        return curve_names(self.metric)
 
     def runs_for(self, config: str) -> list[RunResult]:
         """The runs of one config, in seed order."""
@@ -170,41 +65,54 @@ class StudyResult:
             raise KeyError(f"No config {config!r} in this study; it has {list(self.configs)}.")
         return [run for run in self.runs if run.config == config]
 
-    def histories(self, metrics: Sequence[str] = METRICS) -> dict[str, list[dict[str, list]]]:
+    def histories(self, metrics: Sequence[str] | None = None) -> dict[str, list[dict[str, list]]]:
         """config -> one `History.history`-like dict per run (for `plot_learning_curves`)."""
+        metrics = self.curves if metrics is None else metrics
         return {
             c: [{m: list(map(float, r.history[m])) for m in metrics} for r in self.runs_for(c)]
             for c in self.configs
         }
 
     def summary(self, confidence: float = 0.95) -> dict[str, dict[str, Any]]:
-        """config -> `runs`, `train_accuracy`, `test_accuracy`, `last_epoch_accuracy`
-        (each `n`, `mean`, `sd`, `ci`) and `epochs_to_target` (`median`, `min`, `max`,
-        `reached`, `n`). See `keras_bn_tools.studies.statistics`."""
-        out = {}
+        """config -> `runs`, `train_<metric>`, `test_<metric>`, `last_epoch_<metric>`
+        (each `n`, `mean`, `sd`, `ci`: the interval clipped to the metric's range) and
+        `epochs_to_target` (`median`, `min`, `max`, `reached`, `n`). See
+        `keras_bn_tools.studies.statistics`."""
+        bounds, key, out = BOUNDS.get(self.metric), self.metric, {}
         for config in self.configs:
             runs = self.runs_for(config)
+            values = {
+                f"train_{key}": [r.final_train_metric for r in runs],
+                f"test_{key}": [r.final_test_metric for r in runs],
+                f"last_epoch_{key}": [r.last_epoch_metric for r in runs],
+            }
             out[config] = {
                 "runs": len(runs),
-                "train_accuracy": describe([r.final_train_accuracy for r in runs], confidence),
-                "test_accuracy": describe([r.final_test_accuracy for r in runs], confidence),
-                "last_epoch_accuracy": describe([r.last_epoch_accuracy for r in runs], confidence),
+                **{name: describe(v, confidence, bounds=bounds) for name, v in values.items()},
                 "epochs_to_target": describe_epochs([r.epochs_to_target for r in runs]),
             }
         return out
 
     def table(self, confidence: float = 0.95) -> str:
         """A Markdown table, one row per config, with a note on what each column means."""
+        label = LABELS.get(self.metric, self.metric)
+        direction = ">=" if self.mode == "max" else "<="
+        overrides = {c: s for c, s in self.metadata.get("config_overrides", {}).items() if s}
         note = (
             f"{self.protocol}: {len(self.seeds)} seeds ({format_seeds(self.seeds)}) x "
             f"{self.epochs} epochs, batch size {self.batch_size}, shuffle={self.shuffle}, "
-            f"engine={self.engine}. Accuracies: mean ± sd over seeds; train and test acc in "
-            f"inference mode after the last epoch; fit-reported: the last epoch's running "
-            f"mean in training mode. Epochs to target: min-max over the runs that got there; "
-            f"the median counts the others as slowest. CI: Student-t {confidence * 100:g}% "
-            f"interval of the mean."
+            f"engine={self.engine}; metric {label} ({self.metric}, "
+            f"{'higher' if self.mode == 'max' else 'lower'} is better). "
+            + "".join(f"Config {c}: {_settings(o)}. " for c, o in overrides.items())
+            + f"{label}: mean ± sd over seeds; train and test {label} in inference mode "
+            f"after the last epoch; fit-reported: the last epoch's, in training mode over "
+            f"the epoch's batches. Epochs to target: first epoch whose test {label} is "
+            f"{direction} the target; min-max over the runs that got there; the median counts "
+            f"the others as slowest. CI: Student-t {confidence * 100:g}% interval of the "
+            f"mean, clipped to the metric's range."
         )
-        return format_table(self.summary(confidence), target=self.target, note=note)
+        return format_table(self.summary(confidence), target=self.target, note=note,
+                            metric=self.metric, mode=self.mode, confidence=confidence)  # fmt: skip
 
     def __str__(self) -> str:
         return self.table()
@@ -221,6 +129,8 @@ class StudyResult:
             "batch_size": self.batch_size,
             "engine": self.engine,
             "shuffle": self.shuffle,
+            "metric": self.metric,
+            "mode": self.mode,
             "target": self.target,
             "seconds": self.seconds,
             "metadata": self.metadata,
@@ -251,6 +161,8 @@ class StudyResult:
             target=target,
             seconds=float(data.get("seconds", float("nan"))),
             metadata=data.get("metadata", {}),
+            metric=str(data.get("metric", "accuracy")),
+            mode=str(data.get("mode", "max")),
         )
 
     def to_csv(self, path: str | os.PathLike, *, per: str = "epoch") -> None:
@@ -268,21 +180,25 @@ class StudyResult:
         buffer = io.StringIO()
         writer = csv.writer(buffer, lineterminator="\n")
         if per == "epoch":
-            writer.writerow(["config", "seed", "epoch", *METRICS])
+            writer.writerow(["config", "seed", "epoch", *self.curves])
             for run in self.runs:
                 for e in range(run.epochs):
-                    values = [f"{_clean(run.history[m][e]):.7g}" for m in METRICS]
+                    values = [_format(run.history[m][e], m) for m in self.curves]
                     writer.writerow([run.config, run.seed, e + 1, *values])
         else:
-            columns = ["final_train_accuracy", "final_test_accuracy", "last_epoch_accuracy"]
-            writer.writerow(["config", "seed", *columns, "epochs_to_target", "seconds", "engine"])
+            columns = [f"final_train_{self.metric}", f"final_test_{self.metric}",
+                       f"last_epoch_{self.metric}"]  # fmt: skip
+            writer.writerow(["config", "seed", *columns, "epochs_to_target", "seconds",
+                             "engine", "metric", "mode", "epochs", "batch_size"])  # fmt: skip
             for run in self.runs:
                 reached = run.epochs_to_target
+                values = (run.final_train_metric, run.final_test_metric, run.last_epoch_metric)
                 writer.writerow(
-                    [run.config, run.seed]
-                    + [f"{_clean(getattr(run, c)):.7g}" for c in columns]
-                    + ["" if reached is None else reached, f"{run.seconds:.4f}", run.engine]
-                )
+                    [run.config, run.seed, *(_format(v, self.metric) for v in values),
+                     "" if reached is None else reached, f"{run.seconds:.4f}", run.engine,
+                     self.metric, self.mode, run.settings.get("epochs", self.epochs),
+                     run.settings.get("batch_size", self.batch_size)]
+                )  # fmt: skip
         _atomic_write_text(path, buffer.getvalue())
 
     def moving_stats_arrays(self) -> dict[str, np.ndarray]:
@@ -300,7 +216,7 @@ class StudyResult:
         self,
         path: str | os.PathLike | None = None,
         *,
-        metrics: Sequence[str] = ("accuracy", "val_accuracy"),
+        metrics: Sequence[str] | None = None,
         band: str | None = "sd",
         title: str | None = None,
     ):
@@ -308,26 +224,30 @@ class StudyResult:
 
         Args:
             path: save the figure there (format from the extension).
-            metrics: history names to plot (`METRICS`), one panel each.
+            metrics: history names to plot (`self.curves`), one panel each
+                (default: the metric's training and test curves).
             band: `"sd"`, `"se"`, `"minmax"` or None (see `plot_learning_curves`).
             title: figure title (default: says what is plotted).
 
         Returns:
             The matplotlib `Figure` (drawn by `keras_bn_tools.plotting.plot_learning_curves`;
-            accuracy panels get a dashed line at the protocol's target).
+            the metric's panels get a dashed line at the protocol's target).
         """
         from keras_bn_tools.plotting import plot_learning_curves
 
+        metrics = self.curves[1::2] if metrics is None else metrics
         metrics = (metrics,) if isinstance(metrics, str) else tuple(metrics)
-        unknown = [m for m in metrics if m not in METRICS]
+        unknown = [m for m in metrics if m not in self.curves]
         if unknown:
-            raise ValueError(f"Unknown `metrics` {unknown}; a study records {list(METRICS)}.")
-        threshold = self.target if all("accuracy" in m for m in metrics) else None
+            raise ValueError(f"Unknown `metrics` {unknown}; a study records {list(self.curves)}.")
+        threshold = self.target if all(m.endswith(self.metric) for m in metrics) else None
         if title is None:
             what = {"sd": "± 1 sd", "se": "± 1 se", "minmax": "min-max", None: "no"}.get(band, "")
+            better = "higher" if self.mode == "max" else "lower"
             title = (
                 f"{self.protocol}: mean over {len(self.seeds)} seeds ({what} band), "
-                f"{self.epochs} epochs, shuffle={self.shuffle}, engine={self.engine}"
+                f"{self.epochs} epochs, shuffle={self.shuffle}, engine={self.engine}; "
+                f"{LABELS.get(self.metric, self.metric)}: {better} is better"
             )
         return plot_learning_curves(
             self.histories(metrics),
@@ -337,6 +257,16 @@ class StudyResult:
             threshold=threshold,
             path=path,
         )
+
+
+def _format(value: float, name: str) -> str:
+    """A loss with float32's 7 digits; a metric (float64) exactly (`repr`)."""
+    float32 = isinstance(value, np.float32) or name.endswith("loss")
+    return f"{float(value):.7g}" if float32 else repr(float(value))
+
+
+def _settings(overrides: dict[str, Any]) -> str:
+    return ", ".join(f"{name.replace('_', ' ')} {value}" for name, value in overrides.items())
 
 
 def _atomic_write_text(path: str | os.PathLike, text: str) -> None:

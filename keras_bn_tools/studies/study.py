@@ -2,54 +2,21 @@
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import platform
 import sys
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 from keras_bn_tools._validation import check_choice, check_positive_int, check_seeds
-from keras_bn_tools.studies.engines import resolve_engine
+from keras_bn_tools.studies.engines import Engine, resolve_engine
 from keras_bn_tools.studies.protocol import SHUFFLES, Protocol
+from keras_bn_tools.studies.registry import PROTOCOLS, resolve_protocol
 from keras_bn_tools.studies.results import RunResult, StudyResult
 
-__all__ = ["PROTOCOLS", "resolve_protocol", "run_study"]
-
-
-class _BuiltinProtocols(Mapping):
-    """`"circles"`, `"digits"`, `"sequence"` -> their `Protocol`, each module imported on use."""
-
-    names = ("circles", "digits", "sequence")
-
-    def __getitem__(self, name: str) -> Protocol:
-        if name not in self.names:
-            raise KeyError(name)
-        return importlib.import_module(f"keras_bn_tools.studies.{name}").PROTOCOL
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self.names)
-
-    def __len__(self) -> int:
-        return len(self.names)
-
-    def __repr__(self) -> str:
-        return f"PROTOCOLS({', '.join(self.names)})"
-
-
-#: The built-in protocols by name (each module is imported when first looked up).
-PROTOCOLS: Mapping[str, Protocol] = _BuiltinProtocols()
-
-
-def resolve_protocol(protocol: str | Protocol) -> Protocol:
-    """A `Protocol`, or the built-in one named `protocol`."""
-    if isinstance(protocol, Protocol):
-        return protocol
-    if isinstance(protocol, str) and protocol in PROTOCOLS:
-        return PROTOCOLS[protocol]
-    raise ValueError(
-        f"`protocol` must be a Protocol or one of {', '.join(map(repr, PROTOCOLS))}, "
-        f"got {protocol!r}."
-    )
+__all__ = ["PROTOCOLS", "StudyPlan", "plan_study", "resolve_protocol", "run_study"]
 
 
 def _resolve_configs(protocol: Protocol, configs: Any) -> tuple[str, ...]:
@@ -86,6 +53,133 @@ def _versions(backend: str) -> dict[str, str]:
     return versions
 
 
+@dataclass(frozen=True)
+class StudyPlan:
+    """What a study runs, every argument checked: built by `plan_study` before any
+    training, run by `execute`, collected by `collect`.
+
+    Attributes:
+        protocol: the protocol.
+        configs: the config names, in order.
+        seeds: the seeds, in order (a `range` stays a range).
+        settings: the study's `RunSettings` (epochs, batch size, data order).
+        config_settings: each config's `RunSettings`: the study's with the
+            config's `Config` overrides applied (`settings_for`).
+        engine: the `Engine` that runs them.
+        options: the engine's run options (`Engine.options_for`).
+        backend: Keras's backend.
+    """
+
+    protocol: Protocol
+    configs: tuple[str, ...]
+    seeds: Sequence[int]
+    settings: Any
+    engine: Engine
+    options: dict[str, Any] = field(default_factory=dict)
+    backend: str = ""
+    config_settings: dict[str, Any] = field(default_factory=dict)
+
+    def settings_for(self, config: str) -> Any:
+        """The `RunSettings` of `config`'s runs."""
+        return self.config_settings.get(config, self.settings)
+
+
+def plan_study(protocol: str | Protocol = "circles", configs: Sequence[str] | str | None = None,
+               seeds: Sequence[int] | range = range(10), *, epochs: int | None = None,
+               batch_size: int | None = None, engine: str = "auto", shuffle: str = "epoch",
+               callbacks_factory: Callable[[str, int], Sequence[Any]] | None = None,
+               jit_compile: bool | str = "auto") -> StudyPlan:  # fmt: skip
+    """Check `run_study`'s arguments (same meaning) and resolve them into a `StudyPlan`."""
+    from keras_bn_tools.studies.engines.common import RunSettings
+
+    protocol = resolve_protocol(protocol)
+    configs = _resolve_configs(protocol, configs)
+    seeds = check_seeds("seeds", seeds)
+    epochs = check_positive_int("epochs", epochs, allow_none=True)
+    batch_size = check_positive_int("batch_size", batch_size, allow_none=True)
+    settings = RunSettings(
+        protocol.epochs if epochs is None else epochs,
+        protocol.batch_size if batch_size is None else batch_size,
+        check_choice("shuffle", shuffle, SHUFFLES),
+    )
+    # run_study's own epochs / batch_size apply to every config; else the config's, else
+    # the protocol's.
+    config_settings = {}
+    for name in configs:
+        own = protocol.config(name)
+        config_settings[name] = dataclasses.replace(
+            settings,
+            epochs=epochs or own.epochs or protocol.epochs,
+            batch_size=batch_size or own.batch_size or protocol.batch_size,
+            optimizer=own.optimizer,
+        )
+    if callbacks_factory is not None and not callable(callbacks_factory):
+        raise TypeError(f"`callbacks_factory` must be callable, got {callbacks_factory!r}.")
+    import keras
+
+    backend = keras.backend.backend()
+    chosen = resolve_engine(engine, backend)
+    options = chosen.options_for(
+        protocol, seeds, jit_compile=jit_compile, callbacks_factory=callbacks_factory
+    )
+    return StudyPlan(protocol, configs, seeds, settings, chosen, options, backend,
+                     config_settings)  # fmt: skip
+
+
+def execute(plan: StudyPlan, data: Any, *, progress: bool = False) -> Iterator[RunResult]:
+    """Every run of `plan`, config by config, seed by seed, as the engine finishes them."""
+    from tqdm.auto import tqdm
+
+    total = len(plan.configs) * len(plan.seeds)
+    with tqdm(total=total, desc=plan.protocol.name, unit="run", file=sys.stderr,
+              disable=not progress, dynamic_ncols=True) as bar:  # fmt: skip
+        for config in plan.configs:
+            bar.set_postfix_str(config)
+            settings = plan.settings_for(config)
+            for run in plan.engine.run_seeds(plan.protocol, config, plan.seeds, data=data,
+                                             settings=settings, **plan.options):  # fmt: skip
+                yield run
+                bar.update(1)
+
+
+def collect(plan: StudyPlan, data: Any, runs: list[RunResult], seconds: float) -> StudyResult:
+    """The `StudyResult` of `plan`'s `runs`, with the study's metadata."""
+    protocol = plan.protocol
+    metadata = {
+        "versions": _versions(plan.backend),
+        "description": protocol.description,
+        "config_descriptions": {c: protocol.config(c).description for c in plan.configs},
+        "config_overrides": {c: _overrides(plan, c) for c in plan.configs},
+        "config_settings": {c: plan.settings_for(c).record() for c in plan.configs},
+        "loss": str(protocol.loss),
+        "accuracy": data.accuracy,
+        "metric_name": data.metric.name,
+        "compile_seconds": sum(r.compile_seconds for r in runs),
+        **({"jit_compile": plan.options["jit_compile"]} if "jit_compile" in plan.options else {}),
+    }
+    return StudyResult(
+        protocol=protocol.name,
+        runs=runs,
+        configs=plan.configs,
+        seeds=plan.seeds,
+        epochs=plan.settings.epochs,
+        batch_size=plan.settings.batch_size,
+        engine=plan.engine.name,
+        shuffle=plan.settings.shuffle,
+        target=protocol.target,
+        seconds=seconds,
+        metadata=metadata,
+        metric=data.metric.key,
+        mode=protocol.direction,
+    )
+
+
+def _overrides(plan: StudyPlan, config: str) -> dict[str, Any]:
+    """What differs in `config`'s settings from the study's (for the table's note)."""
+    mine, study = plan.settings_for(config).record(), plan.settings.record()
+    return {k: v for k, v in mine.items() if v != study[k]}
+
+
 def run_study(
     protocol: str | Protocol = "circles",
     configs: Sequence[str] | str | None = None,
@@ -102,25 +196,29 @@ def run_study(
     """Train each config of `protocol` once per seed and collect the results.
 
     Args:
-        protocol: a `Protocol` or a built-in name (`"circles"`, `"digits"`, `"sequence"`).
+        protocol: a `Protocol` or a built-in name (`PROTOCOLS`).
         configs: config names (default: the protocol's `default_configs`).
         seeds: distinct integers in `[0, 2**32 - 1]`; a `range` is streamed.
             Each run calls `keras.utils.set_random_seed(seed)` before building
             its model and draws its data order from the seed.
-        epochs: epochs per run (default: the protocol's).
-        batch_size: training batch size (default: the protocol's).
+        epochs: epochs per run, for every config (default: each config's
+            `Config.epochs`, else the protocol's).
+        batch_size: training batch size, for every config (default: each
+            config's `Config.batch_size`, else the protocol's).
         engine: `"auto"` (the compiled engine where the backend has one:
-            TensorFlow and JAX; else `"fit"`), `"compiled"` or `"fit"`.
-            `StudyResult.engine` says which ran.
+            TensorFlow and JAX; else `"fit"`), `"compiled"` or `"fit"`
+            (`keras_bn_tools.studies.engines.REGISTRY`). `StudyResult.engine`
+            says which ran.
         shuffle: `"epoch"` (a fresh order every epoch), `"once"` or `"none"`
             (see `keras_bn_tools.studies.protocol`).
         callbacks_factory: `callbacks_factory(config, seed)` returns callbacks
             for that run's `model.fit` (kept in `RunResult.callbacks`); needs
-            the `fit` engine.
+            an engine that runs callbacks (`fit`).
         progress: show a progress bar over the runs on stderr.
-        jit_compile: TensorFlow's compiled engine: compile with XLA (`True`,
-            `False` or `"auto"`: as `protocol.jit_compile` says, which by
-            default means from 4 seeds on, where it pays off).
+        jit_compile: engines with an XLA option (TensorFlow's compiled engine):
+            `True`, `False` or `"auto"`: as `protocol.jit_compile` says, which
+            by default means from 4 seeds on, where it pays off
+            (`engines.resolve_jit_compile`).
 
     Returns:
         A `StudyResult`.
@@ -140,71 +238,13 @@ def run_study(
         ```
     """
     # Keras (and with it TensorFlow) loads only now: `PROTOCOLS` and --help stay light.
-    from keras_bn_tools.studies.engines.common import RunSettings, StudyData, Timer, fresh_model
+    from keras_bn_tools.studies.engines.common import StudyData, Timer, fresh_model
 
-    protocol = resolve_protocol(protocol)
-    configs = _resolve_configs(protocol, configs)
-    seeds = check_seeds("seeds", seeds)
-    epochs = protocol.epochs if epochs is None else check_positive_int("epochs", epochs)
-    batch_size = protocol.batch_size if batch_size is None else batch_size
-    settings = RunSettings(
-        epochs,
-        check_positive_int("batch_size", batch_size),
-        check_choice("shuffle", shuffle, SHUFFLES),
-    )
-    if jit_compile not in (True, False, "auto"):
-        raise ValueError(f"`jit_compile` must be True, False or 'auto', got {jit_compile!r}.")
-    if callbacks_factory is not None and not callable(callbacks_factory):
-        raise TypeError(f"`callbacks_factory` must be callable, got {callbacks_factory!r}.")
-    import keras
-
-    backend = keras.backend.backend()
-    module = resolve_engine(engine, backend)
-    options: dict[str, Any] = {}
-    if module.NAME == "fit":
-        options["callbacks_factory"] = callbacks_factory
-    elif callbacks_factory is not None:
-        raise ValueError(
-            "`callbacks_factory` needs engine='fit': the compiled engine calls no Keras "
-            "callbacks (its BN statistics per epoch are in RunResult.moving_stats)."
-        )
-    if module.__name__.endswith(".tensorflow"):
-        if jit_compile == "auto":
-            jit_compile = protocol.jit_compile
-        options["jit_compile"] = len(seeds) >= 4 if jit_compile == "auto" else jit_compile
-    data = StudyData.load(protocol, fresh_model(protocol, configs[0], seeds[0]))
-    runs: list[RunResult] = []
+    plan = plan_study(
+        protocol, configs, seeds, epochs=epochs, batch_size=batch_size, engine=engine,
+        shuffle=shuffle, callbacks_factory=callbacks_factory, jit_compile=jit_compile,
+    )  # fmt: skip
+    data = StudyData.load(plan.protocol, fresh_model(plan.protocol, plan.configs[0], plan.seeds[0]))
     timer = Timer()
-    from tqdm.auto import tqdm
-
-    with tqdm(total=len(configs) * len(seeds), desc=protocol.name, unit="run", file=sys.stderr,
-              disable=not progress, dynamic_ncols=True) as bar:  # fmt: skip
-        for config in configs:
-            bar.set_postfix_str(config)
-            for run in module.run_seeds(
-                protocol, config, seeds, data=data, settings=settings, **options
-            ):
-                runs.append(run)
-                bar.update(1)
-    metadata = {
-        "versions": _versions(backend),
-        "description": protocol.description,
-        "config_descriptions": {c: protocol.configs[c] for c in configs},
-        "loss": str(protocol.loss),
-        "accuracy": data.accuracy,
-        "compile_seconds": sum(r.compile_seconds for r in runs),
-        **({"jit_compile": options["jit_compile"]} if "jit_compile" in options else {}),
-    }
-    return StudyResult(
-        protocol=protocol.name,
-        runs=runs,
-        configs=configs,
-        seeds=seeds,
-        epochs=settings.epochs,
-        batch_size=settings.batch_size,
-        engine=module.NAME,
-        shuffle=settings.shuffle,
-        target=protocol.target,
-        seconds=timer.seconds,
-        metadata=metadata,
-    )
+    runs = list(execute(plan, data, progress=progress))
+    return collect(plan, data, runs, timer.seconds)

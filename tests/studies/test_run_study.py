@@ -56,7 +56,8 @@ def test_a_huge_range_of_seeds_is_checked_without_being_built():
 
 
 def test_protocols_resolve_by_name():
-    assert list(PROTOCOLS) == ["circles", "digits", "sequence"]
+    # The API lists these first; later rounds add more (sigmoid-mlp, small-batch).
+    assert list(PROTOCOLS)[:4] == ["circles", "digits", "sequence", "diabetes"]
     assert PROTOCOLS["circles"].name == "circles"
     with pytest.raises(KeyError):
         PROTOCOLS["mnist"]

@@ -1,5 +1,6 @@
 """What every engine shares: the run's settings, the study's data, the fresh model of a
-seed, the loss and accuracy of a protocol, and which variables are "the BN statistics".
+seed, the protocol's loss, the scoring of a run's predictions, and which variables are
+"the BN statistics".
 
 The BN statistics are found exactly as `keras_bn_tools.callbacks.MovingStatsTracker`
 finds them: `batchnorm_layers`, keyed by `layer_keys`, read through
@@ -16,87 +17,159 @@ from typing import Any
 import numpy as np
 
 from keras_bn_tools.graph import batchnorm_layers, layer_keys, statistic_variables
+from keras_bn_tools.studies.metrics import Metric, prepare_labels
 from keras_bn_tools.studies.protocol import Protocol, training_orders
 
-#: The names of `RunResult.final`, in the order the compiled engines return them.
-FINAL_KEYS = ("train_loss", "train_accuracy", "test_loss", "test_accuracy")
+#: What an engine returns per run, before scoring (`score_run`).
+RAW_KEYS = ("loss", "train_predictions", "val_loss", "test_predictions", "train_loss",
+            "final_train_predictions")  # fmt: skip
 
 __all__ = [
-    "FINAL_KEYS",
+    "RAW_KEYS",
     "RunSettings",
     "StudyData",
-    "accuracy_fn",
     "fresh_model",
     "fresh_model_like",
     "loss_fn",
     "nest_stats",
+    "score_run",
     "stat_variables",
 ]
 
 
 @dataclass(frozen=True)
 class RunSettings:
-    """The settings a study passes to every run: epochs, batch size, data order."""
+    """The settings of a config's runs: epochs, batch size, data order and optimizer.
+
+    `run_study` makes one per config: the study's settings with the config's
+    `Config` overrides applied. A compiled engine compiles one program per
+    `RunSettings`.
+    """
 
     epochs: int
     batch_size: int
     shuffle: str = "epoch"
+    #: The optimizer factory (None: the protocol's).
+    optimizer: Callable[[], Any] | None = None
 
     def orders(self, seed: int, rows: int) -> np.ndarray:
         """`training_orders(seed, rows, epochs, shuffle)`: what every engine feeds."""
         return training_orders(seed, rows, self.epochs, self.shuffle)
 
+    def make_optimizer(self, protocol: Protocol) -> Any:
+        """A fresh optimizer: this config's factory, else the protocol's."""
+        return (self.optimizer or protocol.optimizer)()
+
+    def record(self) -> dict[str, Any]:
+        """The settings as plain values, for `RunResult.settings` and the files."""
+        optimizer = "protocol" if self.optimizer is None else _describe(self.optimizer)
+        return {"epochs": self.epochs, "batch_size": self.batch_size, "shuffle": self.shuffle,
+                "optimizer": optimizer}  # fmt: skip
+
+
+def _describe(factory: Callable[[], Any]) -> str:
+    return getattr(factory, "__qualname__", None) or repr(factory)
+
 
 @dataclass(frozen=True)
 class StudyData:
-    """A protocol's data as NumPy arrays, loaded once per study, with its accuracy kind."""
+    """A protocol's data as NumPy arrays, loaded once per study, with its metric.
+
+    `train_y`/`test_y` are the labels as every engine feeds them to the loss
+    (`metrics.prepare_labels`); `metric` is the resolved `Metric`;
+    `output_shape` the model's output per row.
+    """
 
     train_x: np.ndarray
     train_y: np.ndarray
     test_x: np.ndarray
     test_y: np.ndarray
-    accuracy: str
+    metric: Metric
+    output_shape: tuple[int, ...] = (1,)
 
     @classmethod
     def load(cls, protocol: Protocol, model: Any) -> StudyData:
-        """Load `protocol`'s data; `model` (one built for any config) decides `"auto"`
-        accuracy: binary for one output unit, sparse categorical otherwise."""
-        loaded = protocol.load_data()
+        """Load `protocol`'s data and check it against its metric and `model` (one built
+        for any config): the labels must fit the metric and the model's output, and the
+        protocol's loss must take them (one call on two rows), before any training."""
+        arrays = _load_arrays(protocol)
+        import keras
+
+        output = model(arrays[0][:2], training=False)
+        output_shape = tuple(int(d) for d in output.shape[1:])
+        metric, train_y, test_y = prepare_labels(
+            protocol.name, protocol.resolved_metric, output_shape, arrays[1], arrays[3]
+        )
         try:
-            (train_x, train_y), (test_x, test_y) = loaded
-        except (TypeError, ValueError):
-            raise TypeError(
-                f"Protocol {protocol.name!r}: `load_data()` must return "
-                f"((train_x, train_y), (test_x, test_y)), got {type(loaded).__name__}."
-            ) from None
-        arrays = [np.asarray(a) for a in (train_x, train_y, test_x, test_y)]
-        if len(arrays[0]) != len(arrays[1]) or len(arrays[2]) != len(arrays[3]):
+            value = loss_fn(protocol)(train_y[:2], output)
+            keras.ops.convert_to_numpy(value)
+        except Exception as error:  # Keras says which shapes clash
             raise ValueError(
-                f"Protocol {protocol.name!r}: `load_data()` returned x and y of different "
-                f"lengths: train {len(arrays[0])} vs {len(arrays[1])}, test {len(arrays[2])} "
-                f"vs {len(arrays[3])}."
-            )
-        if len(arrays[0]) == 0 or len(arrays[2]) == 0:
-            raise ValueError(f"Protocol {protocol.name!r}: `load_data()` returned no rows.")
-        for i in (0, 2):
-            if arrays[i].dtype.kind == "f":
-                arrays[i] = arrays[i].astype("float32")
-        accuracy = protocol.accuracy
-        if accuracy == "auto":  # one call on one row: works for any model, subclassed too
-            units = int(model(arrays[0][:1], training=False).shape[-1])
-            accuracy = "binary" if units == 1 else "sparse_categorical"
-        if accuracy == "binary":
-            # Labels shaped like the (rows, 1) output, as fit's compiled loss sees them.
-            arrays[1] = arrays[1].astype("float32").reshape(len(arrays[1]), -1)
-            arrays[3] = arrays[3].astype("float32").reshape(len(arrays[3]), -1)
-        else:
-            arrays[1] = arrays[1].astype("int32").reshape(len(arrays[1]))
-            arrays[3] = arrays[3].astype("int32").reshape(len(arrays[3]))
-        return cls(*arrays, accuracy=accuracy)
+                f"Protocol {protocol.name!r}: `loss`={protocol.loss!r} does not take these "
+                f"labels {train_y.shape[1:]} and the model's output {output_shape} "
+                f"({type(error).__name__}: {str(error)[:300]})."
+            ) from None
+        return cls(arrays[0], train_y, arrays[2], test_y, metric, output_shape)
 
     @property
     def rows(self) -> int:
         return len(self.train_x)
+
+    @property
+    def accuracy(self) -> str:
+        """The accuracy kind (`"binary"`, `"sparse_categorical"`, `"categorical"`), or
+        the metric's name for other metrics (older results' `metadata["accuracy"]`)."""
+        return self.metric.name.removesuffix("_accuracy")
+
+
+def _load_arrays(protocol: Protocol) -> list[np.ndarray]:
+    loaded = protocol.load_data()
+    try:
+        (train_x, train_y), (test_x, test_y) = loaded
+    except (TypeError, ValueError):
+        raise TypeError(
+            f"Protocol {protocol.name!r}: `load_data()` must return "
+            f"((train_x, train_y), (test_x, test_y)), got {type(loaded).__name__}."
+        ) from None
+    arrays = [np.asarray(a) for a in (train_x, train_y, test_x, test_y)]
+    if len(arrays[0]) != len(arrays[1]) or len(arrays[2]) != len(arrays[3]):
+        raise ValueError(
+            f"Protocol {protocol.name!r}: `load_data()` returned x and y of different "
+            f"lengths: train {len(arrays[0])} vs {len(arrays[1])}, test {len(arrays[2])} "
+            f"vs {len(arrays[3])}."
+        )
+    if len(arrays[0]) == 0 or len(arrays[2]) == 0:
+        raise ValueError(f"Protocol {protocol.name!r}: `load_data()` returned no rows.")
+    for i in (0, 2):
+        if arrays[i].dtype.kind == "f":
+            arrays[i] = arrays[i].astype("float32")
+    return arrays
+
+
+def score_run(data: StudyData, orders: np.ndarray, raw: dict[str, Any]):
+    """`(history, final)` of a run from what its engine returned (`RAW_KEYS`): the
+    metric scored in NumPy, in float64, from the predictions, the same way for
+    every engine. Training curve: epoch `e`'s training-mode predictions, in the
+    order the rows were fed (`orders[e]`); test curve: inference mode after each
+    epoch; `final`: inference mode after the last epoch (the test set's is the last
+    epoch's)."""
+    metric, key = data.metric, data.metric.key
+    train = [metric.score(data.train_y[order], p)
+             for order, p in zip(orders, raw["train_predictions"], strict=True)]  # fmt: skip
+    test = [metric.score(data.test_y, p) for p in raw["test_predictions"]]
+    history = {
+        "loss": np.asarray(raw["loss"], dtype="float32"),
+        key: np.asarray(train, dtype="float64"),
+        "val_loss": np.asarray(raw["val_loss"], dtype="float32"),
+        f"val_{key}": np.asarray(test, dtype="float64"),
+    }
+    final = {
+        "train_loss": float(raw["train_loss"]),
+        f"train_{key}": metric.score(data.train_y, raw["final_train_predictions"]),
+        "test_loss": float(history["val_loss"][-1]),
+        f"test_{key}": float(test[-1]),
+    }
+    return history, final
 
 
 def fresh_model(protocol: Protocol, config: str, seed: int) -> Any:
@@ -110,6 +183,13 @@ def fresh_model(protocol: Protocol, config: str, seed: int) -> Any:
         raise TypeError(
             f"Protocol {protocol.name!r}: `build({config!r})` must return a keras.Model, "
             f"got {type(model).__name__}."
+        )
+    if model.compiled:
+        raise ValueError(
+            f"Protocol {protocol.name!r}: `build({config!r})` returned a compiled model; a "
+            f"study compiles each run itself with `Protocol.loss` and the config's (or "
+            f"`Protocol.optimizer`) optimizer, so return the model uncompiled and put the "
+            f"loss and optimizer in the protocol."
         )
     if not model.built:
         raise ValueError(
@@ -147,31 +227,6 @@ def loss_fn(protocol: Protocol) -> Callable[[Any, Any], Any]:
         return keras.ops.mean(loss(y_true, y_pred))
 
     return mean_loss
-
-
-def accuracy_fn(kind: str) -> Callable[[Any, Any], Any]:
-    """`f(y_true, y_pred) -> number of correct predictions` (float32), in `keras.ops`."""
-    import keras
-
-    metric = (
-        keras.metrics.binary_accuracy
-        if kind == "binary"
-        else keras.metrics.sparse_categorical_accuracy
-    )
-
-    def correct(y_true, y_pred):
-        return keras.ops.sum(keras.ops.cast(metric(y_true, y_pred), "float32"))
-
-    return correct
-
-
-def accuracy_metric(kind: str) -> Any:
-    """The Keras metric `fit` reports as `accuracy` for this accuracy kind."""
-    import keras
-
-    if kind == "binary":
-        return keras.metrics.BinaryAccuracy(name="accuracy")
-    return keras.metrics.SparseCategoricalAccuracy(name="accuracy")
 
 
 def stat_variables(model: Any) -> list[tuple[str, str, Any]]:

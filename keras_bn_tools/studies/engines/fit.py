@@ -18,16 +18,15 @@ from keras_bn_tools.studies.engines.common import (
     RunSettings,
     StudyData,
     Timer,
-    accuracy_fn,
-    accuracy_metric,
     fresh_model,
     loss_fn,
+    score_run,
     stat_variables,
 )
 from keras_bn_tools.studies.protocol import Protocol
-from keras_bn_tools.studies.results import METRICS, RunResult
+from keras_bn_tools.studies.results import RunResult
 
-__all__ = ["NAME", "evaluate", "ordered_batches", "run", "run_seeds"]
+__all__ = ["NAME", "ordered_batches", "predict", "run", "run_seeds"]
 
 NAME = "fit"
 
@@ -60,20 +59,68 @@ def ordered_batches(data: StudyData, orders: np.ndarray, batch_size: int):
     return batches, EpochSetter()
 
 
-def evaluate(model: Any, x: np.ndarray, y: np.ndarray, protocol: Protocol, kind: str):
-    """Inference-mode loss and accuracy of `model` on `(x, y)` (the tutorial's `evaluate`)."""
+def predict(model: Any, x: np.ndarray, y: np.ndarray, protocol: Protocol, batch_size: int):
+    """Inference-mode loss (regularization losses included, as fit's) and predictions
+    (float32 NumPy) of `model` on `(x, y)`."""
     import keras
 
     # Direct calls, not model.predict: predict would trace a new function per model, and
     # TensorFlow warns about "retracing" after a few runs.
-    chunk = max(1024, protocol.batch_size)
+    chunk = max(1024, batch_size)
     parts = [model(x[i : i + chunk], training=False) for i in range(0, len(x), chunk)]
     y_pred = keras.ops.concatenate(parts) if len(parts) > 1 else parts[0]
     loss = float(keras.ops.convert_to_numpy(loss_fn(protocol)(y, y_pred)))
-    # The regularization losses, as fit's own loss and val_loss include them.
     loss += sum(float(keras.ops.convert_to_numpy(extra)) for extra in model.losses)
-    correct = float(keras.ops.convert_to_numpy(accuracy_fn(kind)(y, y_pred)))
-    return loss, correct / len(x)
+    return loss, keras.ops.convert_to_numpy(keras.ops.cast(y_pred, "float32"))
+
+
+def _recorders(protocol: Protocol, data: StudyData, batch_size: int):
+    """The metric that keeps an epoch's training-mode predictions (fed to `compile`) and
+    the callback that collects them and the test set's loss and predictions after each
+    epoch, writing `val_loss` into the epoch's logs for the callbacks after it."""
+    import keras
+    from keras import ops
+
+    rank = len(data.output_shape)
+
+    class TrainingPredictions(keras.metrics.Metric):
+        def __init__(self):
+            super().__init__(name="training_predictions")
+            self.predictions = self.add_variable(
+                shape=(data.rows, *data.output_shape), initializer="zeros", name="predictions"
+            )
+            self.offset = self.add_variable(shape=(), initializer="zeros", dtype="int32",
+                                            name="offset")  # fmt: skip
+
+        def update_state(self, y_true, y_pred, sample_weight=None):
+            offset = ops.convert_to_tensor(self.offset)
+            start = ops.concatenate([ops.reshape(offset, (1,)), ops.zeros((rank,), "int32")])
+            buffer = ops.convert_to_tensor(self.predictions)
+            self.predictions.assign(ops.slice_update(buffer, start, ops.cast(y_pred, "float32")))
+            self.offset.assign(offset + ops.shape(y_pred)[0])
+
+        def result(self):
+            return ops.cast(self.offset, "float32")
+
+        def reset_state(self):
+            self.offset.assign(0)
+
+    predictions = TrainingPredictions()
+    raw: dict[str, list] = {"train_predictions": [], "val_loss": [], "test_predictions": []}
+
+    class Collector(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            raw["train_predictions"].append(ops.convert_to_numpy(predictions.predictions))
+            val_loss, test_pred = predict(self.model, data.test_x, data.test_y, protocol,
+                                          batch_size)  # fmt: skip
+            raw["val_loss"].append(val_loss)
+            raw["test_predictions"].append(test_pred)
+            if logs is not None:  # for the callbacks after this one (History, the user's)
+                logs.pop(predictions.name, None)
+                logs["val_loss"] = val_loss
+                logs[f"val_{data.metric.key}"] = data.metric.score(data.test_y, test_pred)
+
+    return predictions, Collector(), raw
 
 
 def run(
@@ -90,30 +137,25 @@ def run(
 
     timer = Timer()
     model = fresh_model(protocol, config, seed)
-    model.compile(
-        optimizer=protocol.optimizer(),
-        loss=protocol.loss,
-        metrics=[accuracy_metric(data.accuracy)],
-    )
-    batches, epoch_setter = ordered_batches(
-        data, settings.orders(seed, data.rows), settings.batch_size
-    )
+    predictions, collector, raw = _recorders(protocol, data, settings.batch_size)
+    model.compile(optimizer=settings.make_optimizer(protocol), loss=protocol.loss,
+                  metrics=[predictions])  # fmt: skip
+    orders = settings.orders(seed, data.rows)
+    batches, epoch_setter = ordered_batches(data, orders, settings.batch_size)
     tracker = MovingStatsTracker(every="epoch") if stat_variables(model) else None
     user = list(callbacks_factory(config, seed) or []) if callbacks_factory else []
     history = model.fit(
         batches,
         epochs=settings.epochs,
-        validation_data=(data.test_x, data.test_y),
-        validation_batch_size=settings.batch_size,
         shuffle=False,
         verbose=0,
-        callbacks=[epoch_setter, *([tracker] if tracker else []), *user],
+        callbacks=[epoch_setter, collector, *([tracker] if tracker else []), *user],
     )
-    final = {}
-    for prefix, x, y in (("train", data.train_x, data.train_y), ("test", data.test_x, data.test_y)):
-        final[f"{prefix}_loss"], final[f"{prefix}_accuracy"] = evaluate(
-            model, x, y, protocol, data.accuracy
-        )
+    raw["loss"] = history.history["loss"]
+    raw["train_loss"], raw["final_train_predictions"] = predict(
+        model, data.train_x, data.train_y, protocol, settings.batch_size
+    )
+    curves, final = score_run(data, orders, raw)
     # The tracker's first record is the state before training; the study keeps one per epoch.
     moving = {}
     if tracker is not None:
@@ -124,7 +166,7 @@ def run(
     return RunResult(
         config=config,
         seed=int(seed),
-        history={m: np.asarray(history.history[m], dtype="float32") for m in METRICS},
+        history=curves,
         final=final,
         target=protocol.target,
         moving_stats=moving,
@@ -132,6 +174,9 @@ def run(
         engine=NAME,
         callbacks=user,
         weights=model.get_weights(),
+        metric=data.metric.key,
+        mode=protocol.direction,
+        settings=settings.record(),
     )
 
 

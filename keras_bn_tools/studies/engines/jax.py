@@ -10,6 +10,8 @@ the weights `fit` starts from) and is fed the study's `training_orders`. A
 step is Keras's JAX training step: the loss plus the model's regularization
 losses, `jax.value_and_grad`, `optimizer.stateless_apply`; BN's moving
 statistics come back from `stateless_call` as updated non-trainable variables.
+The run returns its predictions (training mode per epoch, inference mode on the
+test set per epoch), which `score_run` scores in NumPy, as for every engine.
 XLA compiles in a thread, with `CPU_COMPILER_OPTIONS` on a CPU, while the
 seeds' fresh models are built.
 """
@@ -24,18 +26,17 @@ from typing import Any
 import numpy as np
 
 from keras_bn_tools.studies.engines.common import (
-    FINAL_KEYS,
     RunSettings,
     StudyData,
     Timer,
-    accuracy_fn,
     fresh_model_like,
     loss_fn,
     nest_stats,
+    score_run,
     stat_variables,
 )
 from keras_bn_tools.studies.protocol import Protocol
-from keras_bn_tools.studies.results import METRICS, RunResult
+from keras_bn_tools.studies.results import RunResult
 
 __all__ = ["NAME", "SEEDS_PER_CALL", "run", "run_seeds"]
 
@@ -64,7 +65,7 @@ class _Runner:
 
         self.protocol, self.config, self.data, self.settings = protocol, config, data, settings
         self.model = protocol.build(config)
-        self.optimizer = protocol.optimizer()
+        self.optimizer = settings.make_optimizer(protocol)
         self.optimizer.build(self.model.trainable_variables)
         # Where each BN statistic lives: ("t", i) trainable or ("n", i) non-trainable.
         where = {id(v): ("t", i) for i, v in enumerate(self.model.trainable_variables)}
@@ -75,15 +76,14 @@ class _Runner:
                                                      data.test_x, data.test_y))  # fmt: skip
         self._function = jax.jit(jax.vmap(self._make_run(), in_axes=(0, 0, 0, 0, None)))
 
-    def _make_run(self):
+    def _steps(self):
+        """Keras's JAX training step (loss plus regularization losses,
+        `jax.value_and_grad`, `optimizer.stateless_apply`) and inference pass, both
+        returning float32 predictions."""
         import jax
         import jax.numpy as jnp
 
-        model, optimizer, places = self.model, self.optimizer, self._stat_places
-        loss, correct = loss_fn(self.protocol), accuracy_fn(self.data.accuracy)
-        rows = self.data.rows
-        batch_size = min(self.settings.batch_size, rows)
-        full_batches, remainder = divmod(rows, batch_size)
+        model, optimizer, loss = self.model, self.optimizer, loss_fn(self.protocol)
 
         def total_loss(y, y_pred, extra):
             return loss(y, y_pred) + (sum(extra) if extra else 0.0)
@@ -101,14 +101,25 @@ class _Runner:
             x, y = batch
             (batch_loss, (non_trainable, y_pred)), grads = grad_fn(trainable, non_trainable, x, y)
             trainable, opt_vars = optimizer.stateless_apply(opt_vars, grads, trainable)
-            size = x.shape[0]
-            return (trainable, non_trainable, opt_vars), (batch_loss * size, correct(y, y_pred))
+            prediction = y_pred.astype(jnp.float32)
+            return (trainable, non_trainable, opt_vars), (batch_loss * x.shape[0], prediction)
 
         def evaluate(trainable, non_trainable, x, y):
             y_pred, _, extra = model.stateless_call(
                 trainable, non_trainable, x, training=False, return_losses=True
             )
-            return total_loss(y, y_pred, extra), correct(y, y_pred) / x.shape[0]
+            return total_loss(y, y_pred, extra), y_pred.astype(jnp.float32)
+
+        return step, evaluate
+
+    def _make_run(self):
+        import jax
+        import jax.numpy as jnp
+
+        step, evaluate = self._steps()
+        places, rows, shape = self._stat_places, self.data.rows, self.data.output_shape
+        batch_size = min(self.settings.batch_size, rows)
+        full_batches, remainder = divmod(rows, batch_size)
 
         def run(trainable, non_trainable, opt_vars, orders, data):
             def epoch(state, order):
@@ -116,20 +127,19 @@ class _Runner:
                 x, y, full = data[0][order], data[1][order], full_batches * batch_size
                 batches = tuple(a[:full].reshape(full_batches, batch_size, *a.shape[1:])
                                 for a in (x, y))  # fmt: skip
-                state, (losses, rights) = jax.lax.scan(step, state, batches)
-                loss_sum, right = jnp.sum(losses), jnp.sum(rights)
+                state, (losses, fed) = jax.lax.scan(step, state, batches)
+                loss_sum, fed = jnp.sum(losses), fed.reshape(full, *shape)
                 if remainder:  # the smaller last batch, with its own static shape
-                    state, (last_loss, last_right) = step(state, (x[full:], y[full:]))
-                    loss_sum, right = loss_sum + last_loss, right + last_right
+                    state, (last_loss, last) = step(state, (x[full:], y[full:]))
+                    loss_sum, fed = loss_sum + last_loss, jnp.concatenate([fed, last])
                 val = evaluate(state[0], state[1], data[2], data[3])
                 snapshot = [state[0 if kind == "t" else 1][i] for kind, i in places]
-                return state, ((loss_sum / rows, right / rows, *val), snapshot)
+                return state, ((loss_sum / rows, fed, *val), snapshot)
 
             state, (curves, snapshots) = jax.lax.scan(
                 epoch, (trainable, non_trainable, opt_vars), orders
             )
-            # The test set's final figures are the last epoch's: evaluated once, not twice.
-            final = (*evaluate(state[0], state[1], data[0], data[1]), curves[2][-1], curves[3][-1])
+            final = evaluate(state[0], state[1], data[0], data[1])
             return curves, final, snapshots, state[0], state[1]
 
         return run
@@ -204,22 +214,26 @@ class _Runner:
         share = timer.seconds / len(seeds)
         results = []
         for k, seed in enumerate(seeds):
+            raw = dict(zip(("loss", "train_predictions", "val_loss", "test_predictions"),
+                           (c[k] for c in curves), strict=True))  # fmt: skip
+            raw["train_loss"], raw["final_train_predictions"] = (f[k] for f in final)
+            history, final_k = score_run(self.data, args[3][k], raw)
             keys = [(key, stat) for key, stat, _ in stat_variables(fresh[k])]
-            final_k = [float(f[k]) for f in final]
             results.append(
                 RunResult(
                     config=self.config,
                     seed=int(seed),
-                    history={
-                        m: c[k].astype("float32") for m, c in zip(METRICS, curves, strict=True)
-                    },
-                    final=dict(zip(FINAL_KEYS, final_k, strict=True)),
+                    history=history,
+                    final=final_k,
                     target=self.protocol.target,
                     moving_stats=nest_stats(keys, [s[k] for s in snapshots]),
                     seconds=share,
                     compile_seconds=compile_seconds / len(seeds),
                     engine=NAME,
                     weights=self._weights(fresh[k], trainable, non_trainable, k),
+                    metric=self.data.metric.key,
+                    mode=self.protocol.direction,
+                    settings=self.settings.record(),
                 )
             )
         return results

@@ -8,9 +8,10 @@ variables itself: no retracing, no eager op per variable, no Python per step
 or per epoch. A step is Keras's own training step: a training-mode
 forward pass (BN updates its moving statistics itself), the loss plus the
 model's regularization losses, the gradients and `optimizer.apply`. Per epoch
-it sums the batch losses times the batch sizes and the correct predictions
-(`fit`'s running averages), evaluates the test set in inference mode and
-snapshots every BN statistic. The first call, which XLA compiles, runs in a
+it sums the batch losses times the batch sizes (`fit`'s running average), keeps
+the training-mode predictions, predicts the test set in inference mode and
+snapshots every BN statistic; `score_run` scores the predictions in NumPy, as
+for every engine. The first call, which XLA compiles, runs in a
 thread while the next seeds' fresh models are built (`run_seeds`).
 """
 
@@ -27,18 +28,17 @@ from typing import Any
 import numpy as np
 
 from keras_bn_tools.studies.engines.common import (
-    FINAL_KEYS,
     RunSettings,
     StudyData,
     Timer,
-    accuracy_fn,
     fresh_model_like,
     loss_fn,
     nest_stats,
+    score_run,
     stat_variables,
 )
 from keras_bn_tools.studies.protocol import Protocol
-from keras_bn_tools.studies.results import METRICS, RunResult
+from keras_bn_tools.studies.results import RunResult
 
 __all__ = ["NAME", "run", "run_seeds"]
 
@@ -67,7 +67,7 @@ class _Runner:
 
         self.protocol, self.config, self.data = protocol, config, data
         self.model = protocol.build(config)
-        self.optimizer = protocol.optimizer()
+        self.optimizer = settings.make_optimizer(protocol)
         self.optimizer.build(self.model.trainable_variables)
         self._optimizer_init = [np.array(v.numpy()) for v in self.optimizer.variables]
         self._stats = stat_variables(self.model)
@@ -78,15 +78,14 @@ class _Runner:
         self._python_run = self._make_run(settings)
         self._function = tf.function(self._python_run, jit_compile=jit_compile, autograph=False)
 
-    def _make_run(self, settings: RunSettings):
+    def _steps(self):
+        """The graph's training step and inference pass, Keras's own: a training-mode
+        forward pass (BN updates its moving statistics), the loss plus the model's
+        regularization losses, the gradients, `optimizer.apply`."""
         import tensorflow as tf
 
-        model, optimizer = self.model, self.optimizer
-        loss, correct = loss_fn(self.protocol), accuracy_fn(self.data.accuracy)
-        trainable, stats = model.trainable_variables, self._stats
-        rows = self.data.rows
-        batch_size = min(settings.batch_size, rows)
-        full_batches, remainder = divmod(rows, batch_size)
+        model, optimizer, loss = self.model, self.optimizer, loss_fn(self.protocol)
+        trainable = model.trainable_variables
 
         def total_loss(y, y_pred):
             extra = model.losses
@@ -99,16 +98,48 @@ class _Runner:
                 y_pred = model(xb, training=True)
                 batch_loss = total_loss(yb, y_pred)
             optimizer.apply(tape.gradient(batch_loss, trainable), trainable)
-            return batch_loss * float(size), correct(yb, y_pred)
+            return batch_loss * float(size), tf.cast(y_pred, tf.float32)
 
         def evaluate(x, y):
             y_pred = model(x, training=False)
-            return total_loss(y, y_pred), correct(y, y_pred) / float(len_of(x))
+            return total_loss(y, y_pred), tf.cast(y_pred, tf.float32)
 
-        def len_of(x):
-            return int(x.shape[0])
+        return step, evaluate
 
-        optimizer_init = self._optimizer_init
+    def _make_epoch(self, settings: RunSettings):
+        """`epoch(x, y, order) -> (loss sum, training-mode predictions in fed order)`."""
+        import tensorflow as tf
+
+        step, _ = self._steps()
+        rows, shape = self.data.rows, self.data.output_shape
+        batch_size = min(settings.batch_size, rows)
+        full_batches, remainder = divmod(rows, batch_size)
+
+        def epoch(x, y, order):
+            def batch_body(b, loss_sum, predictions):
+                batch_loss, y_pred = step(x, y, order, b * batch_size, batch_size)
+                return b + 1, loss_sum + batch_loss, predictions.write(b, y_pred)
+
+            predictions = tf.TensorArray(tf.float32, size=full_batches,
+                                         element_shape=(batch_size, *shape))  # fmt: skip
+            _, loss_sum, predictions = tf.while_loop(
+                lambda b, *_: b < full_batches, batch_body, (0, 0.0, predictions)
+            )
+            fed = tf.reshape(predictions.stack(), (full_batches * batch_size, *shape))
+            if remainder:  # the smaller last batch, with its own static shape
+                last_loss, last = step(x, y, order, full_batches * batch_size, remainder)
+                loss_sum, fed = loss_sum + last_loss, tf.concat([fed, last], 0)
+            return loss_sum, fed
+
+        return epoch
+
+    def _make_run(self, settings: RunSettings):
+        import tensorflow as tf
+
+        model, optimizer, stats = self.model, self.optimizer, self._stats
+        _, evaluate = self._steps()
+        epoch_fn = self._make_epoch(settings)
+        rows, shape, optimizer_init = self.data.rows, self.data.output_shape, self._optimizer_init
 
         def run(x, y, test_x, test_y, orders, initial):
             # The seed's initial weights (its fresh model's variables) and a fresh optimizer
@@ -119,22 +150,8 @@ class _Runner:
                 variable.assign(value)
 
             def epoch_body(epoch, arrays, snapshots):
-                order = orders[epoch]
-
-                def batch_body(b, loss_sum, right):
-                    batch_loss, batch_right = step(x, y, order, b * batch_size, batch_size)
-                    return b + 1, loss_sum + batch_loss, right + batch_right
-
-                _, loss_sum, right = tf.while_loop(
-                    lambda b, *_: b < full_batches, batch_body, (0, 0.0, 0.0)
-                )
-                if remainder:  # the smaller last batch, with its own static shape
-                    batch_loss, batch_right = step(
-                        x, y, order, full_batches * batch_size, remainder
-                    )
-                    loss_sum, right = loss_sum + batch_loss, right + batch_right
-                val_loss, val_accuracy = evaluate(test_x, test_y)
-                values = (loss_sum / rows, right / rows, val_loss, val_accuracy)
+                loss_sum, fed = epoch_fn(x, y, orders[epoch])
+                values = (loss_sum / rows, fed, *evaluate(test_x, test_y))
                 arrays = tuple(a.write(epoch, v) for a, v in zip(arrays, values, strict=True))
                 snapshots = tuple(
                     s.write(epoch, tf.convert_to_tensor(variable))
@@ -142,7 +159,9 @@ class _Runner:
                 )
                 return epoch + 1, arrays, snapshots
 
-            arrays = tuple(tf.TensorArray(tf.float32, size=settings.epochs) for _ in METRICS)
+            shapes = ((), (rows, *shape), (), (len_of(test_x), *shape))
+            arrays = tuple(tf.TensorArray(tf.float32, size=settings.epochs, element_shape=s)
+                           for s in shapes)  # fmt: skip
             snapshots = tuple(
                 tf.TensorArray(v.dtype, size=settings.epochs, element_shape=v.shape)
                 for _, _, v in stats
@@ -150,10 +169,10 @@ class _Runner:
             _, arrays, snapshots = tf.while_loop(
                 lambda epoch, *_: epoch < settings.epochs, epoch_body, (0, arrays, snapshots)
             )
-            curves = [a.stack() for a in arrays]
-            # The test set's final figures are the last epoch's: evaluated once, not twice.
-            final = (*evaluate(x, y), curves[2][-1], curves[3][-1])
-            return curves, final, [s.stack() for s in snapshots]
+            return [a.stack() for a in arrays], evaluate(x, y), [s.stack() for s in snapshots]
+
+        def len_of(x):
+            return int(x.shape[0])
 
         return run
 
@@ -176,7 +195,7 @@ class _Runner:
             f"({type(error).__name__}: {str(error)[:300]}); running it as a plain "
             f"TensorFlow graph instead.",
             RuntimeWarning,
-            stacklevel=4,  # run_study's caller (via run_seeds and run_study)
+            stacklevel=5,  # run_study's caller (via run_seeds, study.execute and run_study)
         )
         self.jit_compile = False
         self._function = tf.function(self._python_run, autograph=False)
@@ -191,19 +210,27 @@ class _Runner:
         with _quiet_tracing(tf):
             self._function.get_concrete_function(*arguments)
 
-    def result(self, seed: int, fresh: Any, outputs: tuple, seconds: float) -> RunResult:
-        arrays, final, snapshots = outputs
+    def result(self, seed: int, fresh: Any, outputs: tuple, seconds: float,
+               settings: RunSettings) -> RunResult:  # fmt: skip
+        curves, final, snapshots = outputs
+        raw = dict(zip(("loss", "train_predictions", "val_loss", "test_predictions"),
+                       (c.numpy() for c in curves), strict=True))  # fmt: skip
+        raw["train_loss"], raw["final_train_predictions"] = (f.numpy() for f in final)
+        history, final_values = score_run(self.data, settings.orders(seed, self.data.rows), raw)
         keys = [(key, stat) for key, stat, _ in stat_variables(fresh)]
         return RunResult(
             config=self.config,
             seed=int(seed),
-            history={m: a.numpy().astype("float32") for m, a in zip(METRICS, arrays, strict=True)},
-            final=dict(zip(FINAL_KEYS, (float(v) for v in final), strict=True)),
+            history=history,
+            final=final_values,
             target=self.protocol.target,
             moving_stats=nest_stats(keys, [s.numpy() for s in snapshots]),
             seconds=seconds,
             engine=NAME,
             weights=self.model.get_weights(),
+            metric=self.data.metric.key,
+            mode=self.protocol.direction,
+            settings=settings.record(),
         )
 
 
@@ -218,7 +245,7 @@ def run_seeds(
     *,
     data: StudyData,
     settings: RunSettings,
-    jit_compile: bool = True,
+    jit_compile: bool = False,
 ) -> Iterator[RunResult]:
     """Every seed's run through one traced graph, pipelined.
 
@@ -265,7 +292,7 @@ def run_seeds(
                 outputs = pending.result()
             except (tf.errors.InvalidArgumentError, tf.errors.UnimplementedError) as error:
                 outputs = runner.without_xla(error, arguments)  # XLA refused the graph
-            yield runner.result(seed, fresh, outputs, timer.seconds)
+            yield runner.result(seed, fresh, outputs, timer.seconds, settings)
             timer = Timer()
             upcoming = ahead.popleft() if ahead else next_run()
 
