@@ -27,7 +27,7 @@ from keras_bn_tools.layers.interface import (
     checked_statistics,
     keras_variables_of,
 )
-from keras_bn_tools.ops import affine_from_statistics, to_numpy
+from keras_bn_tools.ops import affine_from_statistics, moments, to_numpy
 
 __all__ = ["FrozenBatchNormalization"]
 
@@ -306,6 +306,13 @@ class FrozenBatchNormalization(keras.layers.Layer):
 
     def last_batch_statistics(self) -> None:
         return None  # it never computes batch statistics
+
+    def training_moments(self, inputs: Any, mask: Any = None) -> tuple[Any, Any]:
+        """The per-feature `(mean, variance)` of `inputs` (what a recalibration reads); a
+        training-mode call of this layer averages nothing into its statistics."""
+        rank = len(inputs.shape)
+        axes = [i for i in range(rank) if i != self.axis % rank]
+        return moments(inputs, axes, mask=mask)
 
     def dropped_options(self, target: type) -> dict[str, Any]:
         """`{"frozen": True}` for a target that is not frozen: converted, the statistics
