@@ -130,6 +130,49 @@ def _add_study_options(parser: argparse.ArgumentParser) -> None:
         "epoch (the tutorial's); 'once': one order reused every epoch; 'none'",
     )
     _add_output_options(parser)
+    _add_scaling_options(parser)
+
+
+def _jobs(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if value == 0 or value < -1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer or -1, got {text}")
+    return value
+
+
+def _add_scaling_options(parser: argparse.ArgumentParser) -> None:
+    """`--jobs`, `--cluster`, `--address`, `--resume`, `--compile-cache`
+    (checked further by `keras_bn_tools._cli_scaling`; docs/scaling.md)."""
+    parser.add_argument(
+        "--jobs", type=_jobs, default=1, metavar="N",
+        help="processes that run the study (-1: every core; default: 1); results are "
+        "identical, run for run, whatever N",
+    )  # fmt: skip
+    parser.add_argument(
+        "--cluster", choices=["loky", "dask", "ray"], default="loky",
+        help="where the --jobs run: 'loky' (default: local processes), 'dask' (a Dask "
+        "cluster: --address, else a LocalCluster of --jobs workers; pip install "
+        "'keras-bn-tools[dask]') or 'ray' (pip install 'keras-bn-tools[ray]')",
+    )  # fmt: skip
+    parser.add_argument(
+        "--address", metavar="ADDR",
+        help="the running Dask scheduler (tcp://host:8786) or Ray cluster (ray://host:10001) "
+        "for --cluster",
+    )  # fmt: skip
+    parser.add_argument(
+        "--resume", action="store_true",
+        help="finish the study whose finished runs --out keeps in runs/ (each saved as it "
+        "ends): run only the missing ones; a different study is refused",
+    )  # fmt: skip
+    parser.add_argument(
+        "--compile-cache", metavar="DIR",
+        help="JAX's persistent compilation cache for the study's programs (default: "
+        "$KERAS_BN_TOOLS_COMPILE_CACHE, else ~/.cache/keras-bn-tools/jax-compile-cache; "
+        "'off': none)",
+    )  # fmt: skip
 
 
 def _add_output_options(parser: argparse.ArgumentParser) -> None:

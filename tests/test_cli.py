@@ -22,7 +22,8 @@ QUICK = ["--configs", "baseline", "--seeds", "1", "--epochs", "1", "--no-progres
 
 
 def _listing(path: Path) -> list[str]:
-    return sorted(str(p.relative_to(path)) for p in path.rglob("*"))
+    """The files under `path`, less the finished runs kept for --resume (`runs/`)."""
+    return sorted(str(p.relative_to(path)) for p in path.rglob("*") if "runs" not in p.parts)
 
 
 def _env(**extra: str) -> dict[str, str]:
@@ -187,6 +188,7 @@ def test_circles_writes_everything(capsys, tmp_path):
     assert len((out / "runs.csv").read_text().splitlines()) == 1 + 2 * 2
     assert (out / "table.md").read_text().strip() == captured.out.strip()
     assert (out / "accuracy.png").read_bytes()[:4] == b"\x89PNG"
+    assert len(list((out / "runs").glob("*/seed-*.json"))) == 2 * 2  # kept for --resume
     assert not list(tmp_path.rglob(".keras-bn-tools-*"))  # no staging left
     umask = os.umask(0)
     os.umask(umask)
@@ -291,8 +293,8 @@ def test_every_way_of_stopping_leaves_out_as_it_was(signum, tmp_path):
     process.send_signal(getattr(signal, signum))
     _, err = process.communicate(timeout=120)
     assert process.returncode == 128 + getattr(signal, signum), err
-    assert "--out is as it was" in err and "Traceback" not in err
-    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    assert "--out's results are as they were" in err and "Traceback" not in err
+    assert {p.name: p.read_bytes() for p in out.iterdir() if p.name != "runs"} == before
     assert _listing(tmp_path) == ["results", "results/moving_stats.npz", "results/results.json"]
 
 
