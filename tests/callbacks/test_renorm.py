@@ -136,6 +136,17 @@ def test_schedule_sets_the_clipping_in_force_each_step():
 
 
 @needs_clipping_api
+def test_a_schedule_setting_one_limit_keeps_the_other():
+    x, y = _data()
+    model = _model(renorm_clipping={"rmax": 2.5})
+    scheduler = RenormScheduler(lambda step: {"dmax": 0.25 * step})
+    model.fit(x, y, epochs=1, batch_size=16, verbose=0, callbacks=[scheduler])
+    assert model.get_layer("bn").renorm_clipping["rmax"] == 2.5
+    assert model.get_layer("bn").renorm_clipping["dmax"] == 0.5
+    assert scheduler.history[2] == {"rmax": 2.5, "dmax": 0.5}
+
+
+@needs_clipping_api
 def test_scheduled_limits_train_as_layers_built_with_them():
     # A schedule switching (1, 0) -> (3, 5) after 3 steps trains exactly as a model
     # built with (1, 0) for 3 steps, then given (3, 5): the compiled step reads the limits.
