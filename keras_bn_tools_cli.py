@@ -29,14 +29,12 @@ import tempfile
 from collections.abc import Callable, Sequence
 from types import ModuleType
 
-__all__ = ["BUILTIN", "ENGINES", "main"]
+__all__ = ["ENGINES", "builtin_protocols", "main"]
 
 PROG = "keras-bn-tools"
 EXIT_USAGE = 2
-#: `keras_bn_tools.studies.registry.BUILTIN`'s names and
 #: `keras_bn_tools.studies.engines.ENGINES`, which the parser cannot import without
 #: importing Keras (tests/test_cli.py keeps them equal).
-BUILTIN = ("circles", "digits", "sequence", "diabetes", "sigmoid-mlp", "small-batch")
 ENGINES = ("auto", "compiled", "fit")
 #: `keras_bn_tools._validation.MAX_SEED` (a test keeps them equal).
 MAX_SEED = 2**32 - 1
@@ -48,6 +46,14 @@ STARTUP_NOISE = re.compile(
     r"cpu_feature_guard|TensorFlow binary is optimized|To enable the following instructions|"
     r"rebuild TensorFlow with the appropriate compiler flags"
 )
+
+
+def builtin_protocols() -> tuple[str, ...]:
+    """The built-in protocols' names, read from the package metadata (the entry points
+    of `keras_bn_tools.studies.registry.ENTRY_POINT_GROUP`, listed once in
+    `pyproject.toml`) without importing the package, which would load Keras."""
+    group = importlib.metadata.entry_points(group="keras_bn_tools.protocols")
+    return tuple(entry.name for entry in group)
 
 
 def _version() -> str:
@@ -124,6 +130,49 @@ def _add_study_options(parser: argparse.ArgumentParser) -> None:
         "epoch (the tutorial's); 'once': one order reused every epoch; 'none'",
     )
     _add_output_options(parser)
+    _add_scaling_options(parser)
+
+
+def _jobs(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if value == 0 or value < -1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer or -1, got {text}")
+    return value
+
+
+def _add_scaling_options(parser: argparse.ArgumentParser) -> None:
+    """`--jobs`, `--cluster`, `--address`, `--resume`, `--compile-cache`
+    (checked further by `keras_bn_tools._cli_scaling`; docs/scaling.md)."""
+    parser.add_argument(
+        "--jobs", type=_jobs, default=1, metavar="N",
+        help="processes that run the study (-1: every core; default: 1); results are "
+        "identical, run for run, whatever N",
+    )  # fmt: skip
+    parser.add_argument(
+        "--cluster", choices=["loky", "dask", "ray"], default="loky",
+        help="where the --jobs run: 'loky' (default: local processes), 'dask' (a Dask "
+        "cluster: --address, else a LocalCluster of --jobs workers; pip install "
+        "'keras-bn-tools[dask]') or 'ray' (pip install 'keras-bn-tools[ray]')",
+    )  # fmt: skip
+    parser.add_argument(
+        "--address", metavar="ADDR",
+        help="the running Dask scheduler (tcp://host:8786) or Ray cluster (ray://host:10001) "
+        "for --cluster",
+    )  # fmt: skip
+    parser.add_argument(
+        "--resume", action="store_true",
+        help="finish the study whose finished runs --out keeps in runs/ (each saved as it "
+        "ends): run only the missing ones; a different study is refused",
+    )  # fmt: skip
+    parser.add_argument(
+        "--compile-cache", metavar="DIR",
+        help="JAX's persistent compilation cache for the study's programs (default: "
+        "$KERAS_BN_TOOLS_COMPILE_CACHE, else ~/.cache/keras-bn-tools/jax-compile-cache; "
+        "'off': none)",
+    )  # fmt: skip
 
 
 def _add_output_options(parser: argparse.ArgumentParser) -> None:
@@ -159,7 +208,8 @@ def _build_parser(argv: Sequence[str]) -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     commands.required = True
-    for name in BUILTIN:
+    builtin = builtin_protocols()
+    for name in builtin:
         # Only the protocol being run is imported (for its --help): --help stays fast.
         asks_help = argv[:1] == [name] and not {"-h", "--help"}.isdisjoint(argv)
         epilog = _protocol_epilog(name) if asks_help else None
@@ -185,7 +235,7 @@ def _build_parser(argv: Sequence[str]) -> argparse.ArgumentParser:
     )  # fmt: skip
     summary.add_argument("protocol", nargs="?", default="circles", metavar="WHAT",
                          help="a saved study, a built-in protocol "
-                         f"({', '.join(BUILTIN)}), MODULE:ATTR or FILE.py:ATTR "
+                         f"({', '.join(builtin)}), MODULE:ATTR or FILE.py:ATTR "
                          "(default: circles)")  # fmt: skip
     summary.add_argument("--configs", nargs="+", metavar="NAME", help="configs (default: all)")
     return parser

@@ -15,7 +15,10 @@ checked before any work: bad input prints one line naming the option and exits
 with status 2. Results are
 written to a hidden staging directory next to `--out` and moved into place
 only when everything is written; SIGINT, SIGTERM and SIGHUP remove the
-staging directory, so a stopped run leaves `--out` as it was.
+staging directory, so a stopped run leaves `--out`'s results as they were. Each
+finished run is saved in `--out`'s `runs/` folder as it ends: `--resume`
+finishes an interrupted study (`_cli_scaling`: `--jobs`, `--cluster`,
+`--resume`, `--compile-cache`).
 
 The argument parser lives in the top-level module `keras_bn_tools_cli` (the
 console script's entry point), which imports this module, and with it Keras,
@@ -42,6 +45,7 @@ from keras_bn_tools._cli_output import (
     stop_on_signals,
 )
 from keras_bn_tools._cli_protocols import builtin_protocol, saved_study, user_protocol
+from keras_bn_tools._cli_scaling import check_scaling, prepare_out, scaled
 from keras_bn_tools._validation import MAX_SEED
 from keras_bn_tools.studies.registry import BUILTIN
 
@@ -49,6 +53,7 @@ __all__ = ["OUTPUTS", "UsageError", "protocol_epilog", "run"]
 
 PROG = "keras-bn-tools"
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
+_KEPT = "--out's results are as they were; its finished runs (runs/) are kept for --resume"
 OUTPUTS = ("results.json", "results.csv", "runs.csv", "table.md", "accuracy.png", "loss.png")
 
 
@@ -102,10 +107,10 @@ def _write(result: Any, staging: Path, moving_stats: bool) -> str:
 
 
 def _run_study(args: argparse.Namespace) -> int:
-    from keras_bn_tools.studies.experiments import DEFAULT_SEEDS
+    from keras_bn_tools.studies.experiments import DEFAULT_SEEDS, EXPERIMENTS, experiment_runner
 
     if args.seeds is None:
-        args.seeds = DEFAULT_SEEDS.get(getattr(args, "protocol", None), 10)
+        args.seeds = DEFAULT_SEEDS.get(args.protocol, 10) if args.command != "study" else 10
     if args.first_seed + args.seeds - 1 > MAX_SEED:
         raise UsageError(
             f"--seeds/--first-seed: seeds {args.first_seed}..{args.first_seed + args.seeds - 1} "
@@ -115,20 +120,29 @@ def _run_study(args: argparse.Namespace) -> int:
     protocol = user_protocol(args.protocol) if user else builtin_protocol(args.protocol)
     configs = _configs(protocol, args.configs)
     out = Path(args.out if args.out is not None else f"{protocol.name}_results")
-    anchor = check_out(out, args.overwrite)
+    anchor = check_out(out, args.overwrite, args.resume)
     _check_engine(args.engine)
-    from keras_bn_tools.studies import run_study
-    from keras_bn_tools.studies.experiments import EXPERIMENTS, experiment_runner
+    import keras
 
+    from keras_bn_tools.studies import run_study
+    from keras_bn_tools.studies.store import CorruptRunFileError, StudyMismatchError
+
+    experiment = None if user else EXPERIMENTS.get(protocol.name)
+    cache = check_scaling(args, keras.backend.backend(), experiment=experiment is not None)
+    prepare_out(out, overwrite=args.overwrite)
     staging = make_staging(anchor, protocol.name)
     try:
-        experiment = None if user else EXPERIMENTS.get(protocol.name)
         run = experiment_runner(protocol.name) if experiment else run_study
-        result = run(
-            protocol, configs, range(args.first_seed, args.first_seed + args.seeds),
-            epochs=args.epochs, batch_size=args.batch_size, engine=args.engine,
-            shuffle=args.shuffle, progress=not args.no_progress,
-        )  # fmt: skip
+        scaling = {} if experiment else {"n_jobs": args.jobs, "out": out, "resume": args.resume}
+        try:
+            with scaled(args, cache):
+                result = run(
+                    protocol, configs, range(args.first_seed, args.first_seed + args.seeds),
+                    epochs=args.epochs, batch_size=args.batch_size, engine=args.engine,
+                    shuffle=args.shuffle, progress=not args.no_progress, **scaling,
+                )  # fmt: skip
+        except (StudyMismatchError, CorruptRunFileError) as error:  # found before training
+            raise UsageError(f"--out {str(out)!r} (--resume): {error}") from None
         if experiment:  # its own table, data and plots beside the study's files
             extra, result = result, result.study
             extra.write(staging)
@@ -196,10 +210,10 @@ def run(args: argparse.Namespace) -> int:
         print(f"{where}: error: {error}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
-        print(f"{where}: interrupted; --out is as it was", file=sys.stderr)
+        print(f"{where}: interrupted; {_KEPT}", file=sys.stderr)
         return 128 + signal.SIGINT
     except Stopped as stop:
-        print(f"{where}: stopped by signal {stop.signum}; --out is as it was", file=sys.stderr)
+        print(f"{where}: stopped by signal {stop.signum}; {_KEPT}", file=sys.stderr)
         return 128 + stop.signum
     except Exception as error:  # no traceback for people; KERAS_BN_TOOLS_DEBUG=1 shows one
         if os.environ.get("KERAS_BN_TOOLS_DEBUG"):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import json
 import os
 import shutil
@@ -21,7 +22,8 @@ QUICK = ["--configs", "baseline", "--seeds", "1", "--epochs", "1", "--no-progres
 
 
 def _listing(path: Path) -> list[str]:
-    return sorted(str(p.relative_to(path)) for p in path.rglob("*"))
+    """The files under `path`, less the finished runs kept for --resume (`runs/`)."""
+    return sorted(str(p.relative_to(path)) for p in path.rglob("*") if "runs" not in p.parts)
 
 
 def _env(**extra: str) -> dict[str, str]:
@@ -82,13 +84,17 @@ def test_help_version_and_usage_errors_import_neither_the_package_nor_keras():
 
 @pytest.mark.backend_agnostic
 def test_the_front_agrees_with_the_package():
-    """The front lists what it cannot import: the built-in protocols, the engines and the
-    seed range."""
+    """The front reads the built-in protocols from the same metadata as the package, and
+    lists what it cannot import: the engines and the seed range."""
     from keras_bn_tools._validation import MAX_SEED
     from keras_bn_tools.studies.engines import ENGINES
-    from keras_bn_tools.studies.registry import BUILTIN
+    from keras_bn_tools.studies.registry import BUILTIN, ENTRY_POINT_GROUP
 
-    assert tuple(BUILTIN) == cli.BUILTIN
+    assert cli.builtin_protocols() == tuple(BUILTIN)
+    assert {"circles", "digits", "sequence", "diabetes", "sigmoid-mlp", "small-batch"} <= set(
+        BUILTIN
+    )
+    assert f'group="{ENTRY_POINT_GROUP}"' in inspect.getsource(cli.builtin_protocols)
     assert tuple(ENGINES) == cli.ENGINES
     assert cli.MAX_SEED == MAX_SEED
 
@@ -182,6 +188,7 @@ def test_circles_writes_everything(capsys, tmp_path):
     assert len((out / "runs.csv").read_text().splitlines()) == 1 + 2 * 2
     assert (out / "table.md").read_text().strip() == captured.out.strip()
     assert (out / "accuracy.png").read_bytes()[:4] == b"\x89PNG"
+    assert len(list((out / "runs").glob("*/seed-*.json"))) == 2 * 2  # kept for --resume
     assert not list(tmp_path.rglob(".keras-bn-tools-*"))  # no staging left
     umask = os.umask(0)
     os.umask(umask)
@@ -286,8 +293,8 @@ def test_every_way_of_stopping_leaves_out_as_it_was(signum, tmp_path):
     process.send_signal(getattr(signal, signum))
     _, err = process.communicate(timeout=120)
     assert process.returncode == 128 + getattr(signal, signum), err
-    assert "--out is as it was" in err and "Traceback" not in err
-    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    assert "--out's results are as they were" in err and "Traceback" not in err
+    assert {p.name: p.read_bytes() for p in out.iterdir() if p.name != "runs"} == before
     assert _listing(tmp_path) == ["results", "results/moving_stats.npz", "results/results.json"]
 
 
@@ -318,7 +325,7 @@ def test_study_runs_a_one_hot_protocol_from_a_file_path(capsys, tmp_path, monkey
     results = json.loads((out / "results.json").read_text())
     assert results["metric"] == "accuracy" and results["mode"] == "max"
     assert results["metadata"]["metric_name"] == "categorical_accuracy"
-    assert _listing(out) == sorted(cli.OUTPUTS)
+    assert _listing(out) == sorted(OUTPUTS)
 
 
 @pytest.mark.backend_agnostic

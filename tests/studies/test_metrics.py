@@ -160,13 +160,19 @@ def _assert_same_numbers(a: RunResult, b: RunResult, *, exact: bool):
         (ONE_HOT, "accuracy", True),
         (REGRESSION, "mae", False),
         (REGRESSION, "mse", False),
+        ("circles", "auc", False),
     ],
 )
 def test_engines_agree_on_every_metric(protocol, metric, exact):
-    target = {"accuracy": 0.6, "mae": 2.0, "mse": 5.0}[metric]
-    protocol = dataclasses.replace(protocol, metric=metric, target=target)
-    fit = run_study(protocol, ["bn"], seeds=[0, 1], engine="fit")
-    compiled = run_study(protocol, ["bn"], seeds=[0, 1], engine="compiled", jit_compile=True)
+    from keras_bn_tools.studies import PROTOCOLS
+
+    target = {"accuracy": 0.6, "mae": 2.0, "mse": 5.0, "auc": 0.7}[metric]
+    config, epochs = ("bn", None) if protocol != "circles" else ("bn-after", 3)
+    protocol = PROTOCOLS[protocol] if isinstance(protocol, str) else protocol
+    protocol = dataclasses.replace(protocol, metric=metric, target=target, accuracy="auto")
+    kwargs = {"seeds": [0, 1], "epochs": epochs}
+    fit = run_study(protocol, [config], engine="fit", **kwargs)
+    compiled = run_study(protocol, [config], engine="compiled", jit_compile=True, **kwargs)
     assert fit.metric == compiled.metric == ("accuracy" if metric == "accuracy" else metric)
     for a, b in zip(fit.runs, compiled.runs, strict=True):
         _assert_same_numbers(a, b, exact=exact)

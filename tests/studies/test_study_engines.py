@@ -294,3 +294,25 @@ def test_jax_engine_compiles_without_options_this_jaxlib_refuses(monkeypatch, op
         with pytest.raises(RuntimeError):
             lowered.compile(compiler_options=dict(options))
     assert float(jax_engine._compile(lowered)(np.float32(3.0))) == 7.0
+
+
+@pytest.mark.skipif(_backend() != "jax", reason="JAX engine: seeds in vmapped chunks")
+def test_jax_calls_hold_at_most_the_prediction_budget(monkeypatch):
+    """Each run returns every epoch's predictions; a vmapped call trains only as many
+    seeds as PREDICTION_BYTES_PER_CALL holds (here two: 2 epochs x 190 rows x 3 units)."""
+    from keras_bn_tools.studies.engines import jax as jax_engine
+    from keras_bn_tools.studies.engines.common import RunSettings, StudyData
+
+    sizes = []
+    run_chunk = jax_engine._Runner.run_chunk
+
+    def recording(self, seeds, pad_to):
+        sizes.append((len(seeds), pad_to))
+        return run_chunk(self, seeds, pad_to)
+
+    monkeypatch.setattr(jax_engine._Runner, "run_chunk", recording)
+    monkeypatch.setattr(jax_engine, "PREDICTION_BYTES_PER_CALL", 2 * 4 * 2 * 190 * 3)
+    data = StudyData.load(BLOBS, BLOBS.build("bn"))
+    settings = RunSettings(epochs=2, batch_size=32)
+    runs = list(jax_engine.run_seeds(BLOBS, "bn", [4, 5, 6], data=data, settings=settings))
+    assert [r.seed for r in runs] == [4, 5, 6] and sizes == [(2, 2), (1, 2)]

@@ -55,6 +55,9 @@ CPU_COMPILER_OPTIONS: dict[str, Any] = {
 #: Seeds trained together by one vmapped call (the last chunk is padded to this size
 #: when the study has more seeds, so that it reuses the compiled function).
 SEEDS_PER_CALL = 100
+#: Bytes of predictions (every epoch's, training and test set) one vmapped call may
+#: return; a study with big outputs trains fewer seeds per call.
+PREDICTION_BYTES_PER_CALL = 512 * 2**20
 
 
 class _Runner:
@@ -271,7 +274,11 @@ def run_seeds(
     settings: RunSettings,
     seeds_per_call: int = SEEDS_PER_CALL,
 ) -> Iterator[RunResult]:
-    """Every seed's run, `seeds_per_call` seeds per compiled, vmapped call."""
+    """Every seed's run, `seeds_per_call` seeds per compiled, vmapped call (fewer when
+    their predictions would pass `PREDICTION_BYTES_PER_CALL`)."""
+    per_seed = 4 * settings.epochs * (data.rows + len(data.test_x))
+    per_seed *= int(np.prod(data.output_shape, dtype="int64"))
+    seeds_per_call = max(1, min(seeds_per_call, PREDICTION_BYTES_PER_CALL // per_seed))
     runner = _Runner(protocol, config, data, settings)
     iterator = iter(seeds)
     chunk = list(itertools.islice(iterator, seeds_per_call))
