@@ -81,15 +81,8 @@ def moments(
         `(mean, variance)`, each of shape `x.shape` without `axes` (or with
         them of size 1 when `keepdims`).
 
-    Example:
-
-    ```python
-    import numpy as np
-    from keras_bn_tools.ops import moments
-
-    x = np.arange(12, dtype="float32").reshape(4, 3)
-    mean, variance = moments(x, axes=[0])  # [4.5, 5.5, 6.5], [5.0, 5.0, 5.0]
-    ```
+    Example: `moments(np.arange(12.0).reshape(4, 3), axes=[0])` gives
+    `([4.5, 5.5, 6.5], [11.25, 11.25, 11.25])`.
     """
     x = ops.convert_to_tensor(x)
     dtype = compute_dtype(x.dtype)

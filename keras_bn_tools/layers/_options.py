@@ -67,8 +67,9 @@ def check_synchronized() -> None:
             "`synchronized=True` on the JAX backend needs an active keras.distribution "
             "data-parallel distribution (e.g. `keras.distribution.set_distribution("
             "keras.distribution.DataParallel())` before building the model): the batch "
-            "statistics are then the global batch's. Without one, JAX trains on one "
-            "device and there is nothing to synchronize: use `synchronized=False`."
+            "statistics are then the global batch's; or the TensorFlow backend with a "
+            "tf.distribute strategy. Without one, JAX trains on one device and there is "
+            "nothing to synchronize: use `synchronized=False`."
         )
     raise ValueError(
         f"`synchronized=True` is not supported on the {backend} backend. Use the "

@@ -121,11 +121,6 @@ class BatchNormInterface(Protocol):
         """`(mean, variance)` tensors the last training call used, or None if not kept."""
         ...
 
-    def training_moments(self, inputs: Any, mask: Any = None) -> tuple[Any, Any]:
-        """The per-feature `(mean, variance)` a training-mode call on `inputs` would
-        average into the moving statistics (ghost batches pooled), without any update."""
-        ...
-
     def dropped_options(self, target: type) -> dict[str, Any]:
         """The options (name -> value) a conversion to class `target` would lose."""
         ...
