@@ -42,16 +42,21 @@ class Stopped(BaseException):
         self.signum = signum
 
 
-def check_out(out: Path, overwrite: bool) -> Path:
+def check_out(out: Path, overwrite: bool, resume: bool = False) -> Path:
     """Refuse an `--out` that cannot be written or would mix two studies; return the
     existing directory where the staging directory goes (next to `--out`)."""
     try:
-        return usable_out(out, overwrite)
+        return usable_out(out, overwrite, resume)
     except (OSError, ValueError) as error:  # a NUL byte, a name too long, no permission
         raise UsageError(f"--out {str(out)!r}: {error}") from None
 
 
-def usable_out(out: Path, overwrite: bool) -> Path:
+def _finished_runs(out: Path) -> int:
+    """The finished runs an interrupted (or finished) study keeps in `out/runs/`."""
+    return len(list((out / "runs").glob("*/seed-*.json"))) if (out / "runs").is_dir() else 0
+
+
+def usable_out(out: Path, overwrite: bool, resume: bool = False) -> Path:
     if str(out) in ("", "."):
         raise UsageError("--out: give a directory name (not '' or the current directory)")
     if "\0" in str(out):
@@ -60,15 +65,23 @@ def usable_out(out: Path, overwrite: bool) -> Path:
     if out.exists() and not out.is_dir():
         raise UsageError(f"--out {str(out)!r} exists and is not a directory")
     if out.is_dir() and any(out.iterdir()):
-        if not (out / "results.json").exists():
+        runs = (out / "runs").is_dir()
+        if not (out / "results.json").exists() and not runs:
             raise UsageError(
                 f"--out {str(out)!r} is a directory that holds other files and no "
                 f"results.json; choose a new or empty directory"
             )
-        if not overwrite:
+        if not (out / "results.json").exists() and not (overwrite or resume):
+            raise UsageError(
+                f"--out {str(out)!r} keeps {_finished_runs(out)} finished runs of an "
+                f"interrupted study in {str(out / 'runs')!r}; pass --resume (with the same "
+                f"options) to run only the missing ones, or --overwrite to start over"
+            )
+        if not (overwrite or resume):
+            kept = f", --resume to reuse its {_finished_runs(out)} finished runs" if runs else ""
             raise UsageError(
                 f"--out {str(out)!r} holds an earlier study; pass --overwrite to replace it "
-                f"as a whole, or choose another directory"
+                f"as a whole{kept}, or choose another directory"
             )
     anchor = out.parent
     while not anchor.exists():
@@ -126,8 +139,20 @@ def make_staging(anchor: Path, name: str) -> Path:
 
 
 def publish(staging: Path, out: Path) -> None:
-    """Move the finished staging directory to `out`, replacing an earlier study whole."""
+    """Move the finished staging directory to `out`, replacing an earlier study whole;
+    the study's finished runs (`out/runs/`, saved as they ended) come along, hard-linked
+    (copied where links are refused) into the staging directory first, so that every
+    moment `out` has them all."""
     out = out.expanduser().absolute()
+    if (out / "runs").is_dir():
+
+        def link(source: str, target: str) -> None:
+            try:
+                os.link(source, target)
+            except OSError:
+                shutil.copy2(source, target)
+
+        shutil.copytree(out / "runs", staging / "runs", copy_function=link)
     with signals_held():
         out.parent.mkdir(parents=True, exist_ok=True)
         old = None

@@ -13,7 +13,9 @@ Everything else in the package uses public Keras only (`keras.ops`,
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+import warnings
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import keras
@@ -23,6 +25,7 @@ __all__ = [
     "functional_graph",
     "graph_input_name",
     "graph_nodes",
+    "ignoring_keras_variable_array_warning",
     "inbound_tensors",
     "is_functional",
     "jax_trainer_holds_value",
@@ -186,3 +189,31 @@ def copy_lambda(layer: keras.layers.Lambda) -> keras.layers.Lambda:
         dtype=layer.dtype_policy,
         trainable=layer.trainable,
     )
+
+
+#: NumPy 2's warning for an `__array__` without a `copy` argument, as Keras 3.15's
+#: `Variable.numpy()` (`np.array(variable)`) triggers it on JAX and PyTorch.
+KERAS_VARIABLE_ARRAY_WARNING = r"__array__ implementation doesn't accept a copy keyword"
+
+
+@contextlib.contextmanager
+def ignoring_keras_variable_array_warning() -> Iterator[None]:
+    """Ignore NumPy's `__array__ ... copy keyword` DeprecationWarning raised inside Keras.
+
+    Why: `model.get_compile_config()` (which `keras.models.clone_model` also
+    calls for a compiled model) serializes the optimizer with
+    `float(learning_rate.numpy())`, and Keras's `Variable.numpy()` is
+    `np.array(self)`, which NumPy 2 warns about on JAX and PyTorch. It is Keras's
+    call, on no data of ours, and a project that turns DeprecationWarning into
+    errors would otherwise be unable to convert or clone a compiled model. Only
+    this message, and only when Keras's code raises it, is ignored;
+    `tests/test_keras_compat.py` fails once Keras stops raising it.
+    """
+    with warnings.catch_warnings():
+        warnings.filterwarnings(
+            "ignore",
+            message=KERAS_VARIABLE_ARRAY_WARNING,
+            category=DeprecationWarning,
+            module=r"keras\.",
+        )
+        yield

@@ -1,6 +1,8 @@
-"""The `keras-bn-tools` command (also `python -m keras_bn_tools`).
+"""What the `keras-bn-tools` command runs, once `keras_bn_tools_cli` parsed its arguments.
 
 - `keras-bn-tools PROTOCOL [options]`: run a built-in study (`studies.registry.BUILTIN`).
+  `sigmoid-mlp` and `small-batch` are reproductions of published BN experiments
+  (`studies.experiments`): they also write their own table, data and plots.
 - `keras-bn-tools study MODULE:ATTR|FILE.py:ATTR [options]`: run the user's
   `Protocol` (`_cli_protocols` says how each is found).
 - `keras-bn-tools summary [WHAT] [--configs ...]`: a saved study's table, or each
@@ -13,7 +15,14 @@ checked before any work: bad input prints one line naming the option and exits
 with status 2. Results are
 written to a hidden staging directory next to `--out` and moved into place
 only when everything is written; SIGINT, SIGTERM and SIGHUP remove the
-staging directory, so a stopped run leaves `--out` as it was.
+staging directory, so a stopped run leaves `--out`'s results as they were. Each
+finished run is saved in `--out`'s `runs/` folder as it ends: `--resume`
+finishes an interrupted study (`_cli_scaling`: `--jobs`, `--cluster`,
+`--resume`, `--compile-cache`).
+
+The argument parser lives in the top-level module `keras_bn_tools_cli` (the
+console script's entry point), which imports this module, and with it Keras,
+only after the arguments parsed: `--help` does not wait for a backend to load.
 """
 
 from __future__ import annotations
@@ -22,7 +31,7 @@ import argparse
 import os
 import signal
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -36,158 +45,16 @@ from keras_bn_tools._cli_output import (
     stop_on_signals,
 )
 from keras_bn_tools._cli_protocols import builtin_protocol, saved_study, user_protocol
-from keras_bn_tools._validation import MAX_SEED, check_int_in_range
-from keras_bn_tools.studies.engines import ENGINES
+from keras_bn_tools._cli_scaling import check_scaling, prepare_out, scaled
+from keras_bn_tools._validation import MAX_SEED
 from keras_bn_tools.studies.registry import BUILTIN
 
-__all__ = ["main"]
+__all__ = ["OUTPUTS", "UsageError", "protocol_epilog", "run"]
 
 PROG = "keras-bn-tools"
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
+_KEPT = "--out's results are as they were; its finished runs (runs/) are kept for --resume"
 OUTPUTS = ("results.json", "results.csv", "runs.csv", "table.md", "accuracy.png", "loss.png")
-
-
-def _int_option(minimum: int, maximum: int | None = None) -> Callable[[str], int]:
-    """An argparse `type`: an integer in `[minimum, maximum]`, via `_validation`."""
-
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-        try:
-            return check_int_in_range("value", value, minimum=minimum, maximum=maximum)
-        except ValueError:
-            high = "" if maximum is None else f" and <= {maximum}"
-            raise argparse.ArgumentTypeError(
-                f"expected an integer >= {minimum}{high}, got {text}"
-            ) from None
-
-    return parse
-
-
-# --------------------------------------------------------------------------- parser
-
-
-def _add_study_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--configs",
-        nargs="+",
-        metavar="NAME",
-        help="configs to run, or 'all' (default: the protocol's defaults)",
-    )
-    parser.add_argument(
-        "--seeds",
-        type=_int_option(1, MAX_SEED + 1),
-        default=10,
-        metavar="N",
-        help="seeds per config: FIRST..FIRST+N-1 (default: 10)",
-    )
-    parser.add_argument(
-        "--first-seed",
-        type=_int_option(0, MAX_SEED),
-        default=0,
-        metavar="FIRST",
-        help="first seed (default: 0)",
-    )
-    parser.add_argument(
-        "--epochs",
-        type=_int_option(1, 10**6),
-        metavar="E",
-        help="epochs per run (default: the protocol's)",
-    )
-    parser.add_argument(
-        "--batch-size",
-        type=_int_option(1, 10**8),
-        metavar="B",
-        help="batch size (default: the protocol's)",
-    )
-    parser.add_argument(
-        "--engine",
-        choices=list(ENGINES),
-        default="auto",
-        help="'auto' (default): the compiled engine on TensorFlow and JAX, "
-        "'fit' elsewhere; 'compiled': each run compiled whole; 'fit': model.fit",
-    )
-    parser.add_argument(
-        "--shuffle",
-        choices=["epoch", "once", "none"],
-        default="epoch",
-        help="'epoch' (default): a fresh order of the training rows every "
-        "epoch (the tutorial's); 'once': one order reused every epoch; 'none'",
-    )
-    _add_output_options(parser)
-    parser.set_defaults(handler=_run_study)
-
-
-def _add_output_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--out",
-        metavar="DIR",
-        help="results directory (default: ./PROTOCOL_results); created, or "
-        "replaced as a whole with --overwrite",
-    )
-    parser.add_argument(
-        "--overwrite",
-        action="store_true",
-        help="replace an existing results directory (one with results.json)",
-    )
-    parser.add_argument(
-        "--moving-stats",
-        action="store_true",
-        help="also write moving_stats.npz: every BN statistic after every epoch",
-    )
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
-
-
-def _protocol_epilog(name: str) -> str | None:
-    try:
-        protocol = builtin_protocol(name)
-    except UsageError:
-        return None
-    configs = "; ".join(f"{c}: {protocol.config(c).description}" for c in protocol.configs)
-    return f"{protocol.description} Configs: {configs}."
-
-
-def _build_parser(argv: Sequence[str]) -> argparse.ArgumentParser:
-    from keras_bn_tools import __version__
-
-    parser = argparse.ArgumentParser(
-        prog=PROG, description="Batch normalization tools for Keras 3: reproducible BN studies."
-    )
-    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
-    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
-    commands.required = True
-    for name in BUILTIN:
-        # Only the protocol being run is imported (for its --help): --help stays fast.
-        epilog = _protocol_epilog(name) if argv[:1] == [name] else None
-        what = f"Run the {name} study: each config once per seed; print the table; write files."
-        sub = commands.add_parser(
-            name, help=f"run the {name} study", epilog=epilog, description=what
-        )
-        _add_study_options(sub)
-        sub.set_defaults(protocol=name)
-    study = commands.add_parser(
-        "study", help="run your own Protocol: keras-bn-tools study MODULE:ATTR|FILE.py:ATTR",
-        description="Run a keras_bn_tools.studies.Protocol of yours, named MODULE:ATTR "
-        "(MODULE is imported with the current directory on the path) or FILE.py:ATTR "
-        "(the file is run with its directory on the path).",
-    )  # fmt: skip
-    study.add_argument("protocol", metavar="MODULE:ATTR",
-                       help="e.g. my_study:PROTOCOL or path/to/my_study.py:PROTOCOL")  # fmt: skip
-    _add_study_options(study)
-    summary = commands.add_parser(
-        "summary", help="print a saved study's table, or the model of each config",
-        description="A saved study (a results directory or its results.json): print its "
-        "table. A protocol (built-in, MODULE:ATTR or FILE.py:ATTR): print each config's model.",
-    )  # fmt: skip
-    summary.add_argument("protocol", nargs="?", default="circles", metavar="WHAT",
-                         help="a saved study, a built-in protocol "
-                         f"({', '.join(BUILTIN)}), MODULE:ATTR or FILE.py:ATTR "
-                         "(default: circles)")  # fmt: skip
-    summary.add_argument("--configs", nargs="+", metavar="NAME", help="configs (default: all)")
-    summary.set_defaults(handler=_run_summary)
-    return parser
 
 
 # --------------------------------------------------------------------------- checks
@@ -240,6 +107,10 @@ def _write(result: Any, staging: Path, moving_stats: bool) -> str:
 
 
 def _run_study(args: argparse.Namespace) -> int:
+    from keras_bn_tools.studies.experiments import DEFAULT_SEEDS, EXPERIMENTS, experiment_runner
+
+    if args.seeds is None:
+        args.seeds = DEFAULT_SEEDS.get(args.protocol, 10) if args.command != "study" else 10
     if args.first_seed + args.seeds - 1 > MAX_SEED:
         raise UsageError(
             f"--seeds/--first-seed: seeds {args.first_seed}..{args.first_seed + args.seeds - 1} "
@@ -249,18 +120,35 @@ def _run_study(args: argparse.Namespace) -> int:
     protocol = user_protocol(args.protocol) if user else builtin_protocol(args.protocol)
     configs = _configs(protocol, args.configs)
     out = Path(args.out if args.out is not None else f"{protocol.name}_results")
-    anchor = check_out(out, args.overwrite)
+    anchor = check_out(out, args.overwrite, args.resume)
     _check_engine(args.engine)
-    from keras_bn_tools.studies import run_study
+    import keras
 
+    from keras_bn_tools.studies import run_study
+    from keras_bn_tools.studies.store import CorruptRunFileError, StudyMismatchError
+
+    experiment = None if user else EXPERIMENTS.get(protocol.name)
+    cache = check_scaling(args, keras.backend.backend(), experiment=experiment is not None)
+    prepare_out(out, overwrite=args.overwrite)
     staging = make_staging(anchor, protocol.name)
     try:
-        result = run_study(
-            protocol, configs, range(args.first_seed, args.first_seed + args.seeds),
-            epochs=args.epochs, batch_size=args.batch_size, engine=args.engine,
-            shuffle=args.shuffle, progress=not args.no_progress,
-        )  # fmt: skip
+        run = experiment_runner(protocol.name) if experiment else run_study
+        scaling = {} if experiment else {"n_jobs": args.jobs, "out": out, "resume": args.resume}
+        try:
+            with scaled(args, cache):
+                result = run(
+                    protocol, configs, range(args.first_seed, args.first_seed + args.seeds),
+                    epochs=args.epochs, batch_size=args.batch_size, engine=args.engine,
+                    shuffle=args.shuffle, progress=not args.no_progress, **scaling,
+                )  # fmt: skip
+        except (StudyMismatchError, CorruptRunFileError) as error:  # found before training
+            raise UsageError(f"--out {str(out)!r} (--resume): {error}") from None
+        if experiment:  # its own table, data and plots beside the study's files
+            extra, result = result, result.study
+            extra.write(staging)
         table = _write(result, staging, args.moving_stats)
+        if experiment:
+            table = f"{table}\n\n{extra.table()}"
         publish(staging, out)
     finally:
         remove_staging(staging)
@@ -297,33 +185,38 @@ def _run_summary(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Run the command line with `argv` (default `sys.argv[1:]`); return the exit status."""
-    argv = list(sys.argv[1:] if argv is None else argv)
-    parser = _build_parser(argv)
+def protocol_epilog(name: str) -> str | None:
+    """The `--help` epilog of a built-in protocol: its description and configs."""
     try:
-        args = parser.parse_args(argv)
-    except SystemExit as exit_:  # --help, --version and argparse's usage errors
-        return int(exit_.code) if isinstance(exit_.code, int) else EXIT_USAGE
+        protocol = builtin_protocol(name)
+    except UsageError:
+        return None
+    configs = "; ".join(f"{c}: {protocol.config(c).description}" for c in protocol.configs)
+    return f"{protocol.description} Configs: {configs}."
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run the command that `keras_bn_tools_cli` parsed into `args`; return the exit status.
+
+    Bad input found here prints one line and returns 2; SIGINT, SIGTERM and SIGHUP
+    leave `--out` as it was. The command line itself is `keras_bn_tools_cli.main`.
+    """
+    handler = _run_summary if args.command == "summary" else _run_study
     where = f"{PROG} {args.command}"
     try:
         with stop_on_signals():
-            return args.handler(args)
+            return handler(args)
     except UsageError as error:
         print(f"{where}: error: {error}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
-        print(f"{where}: interrupted; --out is as it was", file=sys.stderr)
+        print(f"{where}: interrupted; {_KEPT}", file=sys.stderr)
         return 128 + signal.SIGINT
     except Stopped as stop:
-        print(f"{where}: stopped by signal {stop.signum}; --out is as it was", file=sys.stderr)
+        print(f"{where}: stopped by signal {stop.signum}; {_KEPT}", file=sys.stderr)
         return 128 + stop.signum
     except Exception as error:  # no traceback for people; KERAS_BN_TOOLS_DEBUG=1 shows one
         if os.environ.get("KERAS_BN_TOOLS_DEBUG"):
             raise
         print(f"{where}: error: {type(error).__name__}: {error}", file=sys.stderr)
         return EXIT_FAILURE
-
-
-if __name__ == "__main__":
-    sys.exit(main())

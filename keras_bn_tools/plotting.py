@@ -1,4 +1,4 @@
-"""Learning-curve and moving-statistics plots.
+"""Learning-curve, moving-statistics and activation-percentile plots.
 
 Headless- and thread-safe: figures are built with `matplotlib.figure.Figure`
 on an Agg canvas and never touch `matplotlib.pyplot`'s global state, so they
@@ -19,7 +19,7 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-__all__ = ["plot_learning_curves", "plot_moving_stats"]
+__all__ = ["plot_activation_percentiles", "plot_learning_curves", "plot_moving_stats"]
 
 _BANDS = ("sd", "se", "minmax", None)
 
@@ -256,5 +256,97 @@ def plot_moving_stats(
         for col in range(cols):
             if (row, col) not in used:
                 figure.delaxes(grid[row, col])
+    _save(figure, path)
+    return figure
+
+
+# ------------------------------------------------------------------ activation percentiles
+
+
+def _percentile_source(item: Any, percentiles: Sequence[float] | None) -> tuple[Any, Any, Any]:
+    """`(history, positions, percentiles)` of an ActivationTracker, ActivationLog or dict."""
+    history = getattr(item, "history", item)
+    if not isinstance(history, Mapping) or not history:
+        raise TypeError(
+            "Expected an ActivationTracker, an ActivationLog or a dict {layer: array of shape "
+            f"(records, percentiles, units)}}; got {type(item).__name__}."
+        )
+    found = getattr(item, "percentiles", None)
+    return history, getattr(item, "steps", None), found if found is not None else percentiles
+
+
+def plot_activation_percentiles(
+    tracker_or_history: Any,
+    layer: str | None = None,
+    *,
+    unit: int | str = 0,
+    percentiles: Sequence[float] | None = None,
+    x: str = "steps",
+    path: str | os.PathLike | None = None,
+    title: str | None = None,
+) -> Figure:
+    """Percentiles of a nonlinearity's input over training: Ioffe & Szegedy's Figure 1 (b, c).
+
+    Args:
+        tracker_or_history: an `ActivationTracker`, an `ActivationLog`
+            (`ActivationTracker.load(...)`), a dict `{layer: array (records,
+            percentiles, units)}`, or a mapping label -> any of these: one
+            panel per label (e.g. `{"without BN": a, "with BN": b}`), sharing
+            the y axis so the drift compares at a glance.
+        layer: the tracked layer to draw (default: the first one).
+        unit: the unit (neuron / channel) to draw, or `"median"` for the
+            median over units of each percentile curve.
+        percentiles: the percentile labels, when a plain dict carries none.
+        x: `"steps"` (training batches, the paper's axis) or `"epochs"`.
+        path: save the figure there as well.
+        title: the figure's title.
+
+    Returns:
+        The matplotlib `Figure`, one panel per tracker.
+
+    Raises:
+        ValueError: an unknown layer or unit, a bad `x`.
+        TypeError: something that holds no activation percentiles.
+    """
+    if x not in ("steps", "epochs"):
+        raise ValueError(f'`x` must be "steps" or "epochs", got {x!r}.')
+    is_labelled = isinstance(tracker_or_history, Mapping) and all(
+        hasattr(v, "history") or isinstance(v, Mapping) for v in tracker_or_history.values()
+    )
+    items = dict(tracker_or_history) if is_labelled else {"": tracker_or_history}
+    figure, grid = _new_figure(1, len(items), width=4.5, height=3.2)
+    for ax, (label, item) in zip(grid[0], items.items(), strict=True):
+        history, steps, labels = _percentile_source(item, percentiles)
+        name = next(iter(history)) if layer is None else layer
+        if name not in history:
+            raise ValueError(f"Unknown `layer` {name!r}; recorded layers: {list(history)}.")
+        values = np.asarray(history[name], dtype=float)
+        if values.ndim != 3:
+            raise TypeError(f"history[{name!r}] must be (records, percentiles, units).")
+        if unit == "median":
+            curves = np.median(values, axis=2)
+        elif isinstance(unit, numbers.Integral) and 0 <= unit < values.shape[2]:
+            curves = values[:, :, int(unit)]
+        else:
+            raise ValueError(
+                f'`unit` must be "median" or an int in [0, {values.shape[2] - 1}], got {unit!r}.'
+            )
+        positions = getattr(item, x, None) if x == "epochs" else steps
+        xs = np.arange(len(curves)) if positions is None else np.asarray(positions)
+        names = labels if labels is not None else range(curves.shape[1])
+        for column, percentile in enumerate(names):
+            ax.plot(xs, curves[:, column], linewidth=1.2, label=f"{float(percentile):g}th")
+        ax.set_xlabel(x if positions is not None else "record")
+        ax.set_ylabel(f"input of {name}" + ("" if unit == "median" else f", unit {unit}"))
+        ax.set_title(label or name, fontsize="medium")
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize="small", title="percentile")
+    if len(items) > 1:
+        low = min(ax.get_ylim()[0] for ax in grid[0])
+        high = max(ax.get_ylim()[1] for ax in grid[0])
+        for ax in grid[0]:
+            ax.set_ylim(low, high)
+    if title:
+        figure.suptitle(title)
     _save(figure, path)
     return figure

@@ -1,11 +1,11 @@
 """Record how BN moving statistics (and gamma/beta) evolve during training.
 
-The on-disk format of `log_dir` is described in `keras_bn_tools.callbacks.stats_log`.
+The on-disk format of `log_dir` is described in `keras_bn_tools.callbacks.stats_log`,
+the TensorBoard summaries in `keras_bn_tools.callbacks.stats_tensorboard`.
 """
 
 from __future__ import annotations
 
-import json
 import numbers
 import os
 import warnings
@@ -21,6 +21,12 @@ from keras_bn_tools.callbacks.stats_log import (
     INDEX_FIELDS,
     RECORDS_FILE,
     MovingStatsLog,
+    check_continues,
+    open_for_append,
+)
+from keras_bn_tools.callbacks.stats_tensorboard import (
+    TensorBoardStatsWriter,
+    tensorboard_available,
 )
 from keras_bn_tools.graph import (
     BN_STATISTICS,
@@ -28,6 +34,7 @@ from keras_bn_tools.graph import (
     layer_keys,
     statistic_variables,
 )
+from keras_bn_tools.ops import to_numpy
 
 __all__ = [
     "ALLOWED_STATS",
@@ -78,6 +85,21 @@ def _parse_layers(layers: Any) -> tuple[str, ...] | None:
     return layers
 
 
+def _parse_tensorboard(tensorboard: Any, log_dir: str | None) -> bool:
+    if tensorboard is None:
+        return log_dir is not None and tensorboard_available()
+    if not isinstance(tensorboard, bool):
+        raise TypeError(f"`tensorboard` must be None, True or False, got {tensorboard!r}.")
+    if tensorboard and log_dir is None:
+        raise ValueError("`tensorboard=True` needs a `log_dir` to write the summaries under.")
+    if tensorboard and not tensorboard_available():
+        raise ImportError(
+            "MovingStatsTracker(tensorboard=True) needs the tensorboard package: "
+            'pip install "keras-bn-tools[tensorboard]"'
+        )
+    return tensorboard
+
+
 def _variable_reader(variables: Sequence[Any]) -> Callable[[], list[np.ndarray]]:
     """A function returning the current values of `variables` as NumPy arrays.
 
@@ -101,7 +123,7 @@ def _variable_reader(variables: Sequence[Any]) -> Callable[[], list[np.ndarray]]
             return np.split(flat, bounds)
 
         return read
-    return lambda: [keras.ops.convert_to_numpy(v) for v in variables]
+    return lambda: [to_numpy(v) for v in variables]
 
 
 class MovingStatsTracker(keras.callbacks.Callback):
@@ -119,8 +141,10 @@ class MovingStatsTracker(keras.callbacks.Callback):
     1`, at the first batch end the callback sees at or after each multiple of
     N); a record taken during the k-th epoch, its last batch included, has
     epoch k - 1 (the epoch completes after its last batch, at
-    `on_epoch_end`). Each `fit` call starts a fresh history, like
-    `keras.callbacks.History`.
+    `on_epoch_end`). A later `fit` with the same tracker appends: its
+    records continue the history, with steps and epochs counted on from the
+    last record (its first record, taken before it trains, repeats the last
+    step number, showing anything done to the model between the two calls).
 
     Args:
         every: `"epoch"` or a positive int (record every N batches).
@@ -135,7 +159,15 @@ class MovingStatsTracker(keras.callbacks.Callback):
             `log_dir/moving_stats.bin` as soon as it is taken (see the module
             docstring for the format); read it back with
             `MovingStatsTracker.load(log_dir)`. The directory is created if
-            needed; an earlier log in it is replaced when training starts.
+            needed. A log already there (an earlier `fit`, this process or
+            another) is continued, never overwritten: the tracker's
+            `history` is then that whole log. One of another layout (other
+            layers, stats or `every`) raises `ValueError` when training starts.
+        tensorboard: also write TensorBoard summaries (histograms and
+            per-layer means/stds of each statistic) under
+            `log_dir/moving_stats/` (see `callbacks.stats_tensorboard`).
+            Default `None`: when `log_dir` is given and the `tensorboard`
+            package is installed. `True` requires both.
 
     Example:
         ```python
@@ -152,6 +184,7 @@ class MovingStatsTracker(keras.callbacks.Callback):
         layers: Sequence[str] | None = None,
         stats: Sequence[str] = ALLOWED_STATS,
         log_dir: str | os.PathLike | None = None,
+        tensorboard: bool | None = None,
     ):
         super().__init__()
         self.every = _parse_every(every)
@@ -160,17 +193,23 @@ class MovingStatsTracker(keras.callbacks.Callback):
         # Checked now (an existing file, a path under a file, a read-only
         # place), not when `fit` starts.
         self.log_dir = None if log_dir is None else check_writable_directory("log_dir", log_dir)
+        self.tensorboard = _parse_tensorboard(tensorboard, self.log_dir)
         # Epoch mode reads nothing per batch, so Keras may dispatch the
         # (no-op) batch hook asynchronously.
         self.async_safe = self.every == "epoch"
         self._log: MovingStatsLog | None = None
         self._file = None
+        self._summaries: TensorBoardStatsWriter | None = None
         self._variables: list[tuple[str, Any]] = []
+        self._base_step = self._base_epoch = 0
+        self._log_before: MovingStatsLog | None = None
+        self._done = (0, 0)  # (steps, epochs) where this tracker's last `fit` ended
 
     # -- public views
     @property
     def log(self) -> MovingStatsLog:
-        """The records of the current (or last) training run."""
+        """Every record so far: of every `fit` with this tracker (and, with `log_dir`, the
+        whole log there)."""
         if self._log is None:
             raise RuntimeError(
                 "MovingStatsTracker has no records yet: it has not been trained with."
@@ -184,12 +223,14 @@ class MovingStatsTracker(keras.callbacks.Callback):
 
     @property
     def steps(self) -> np.ndarray:
-        """Training steps completed in this run when each record was taken (0 first)."""
+        """Training steps completed when each record was taken (0 first), counted on
+        from one `fit` to the next."""
         return self.log.steps
 
     @property
     def epochs(self) -> np.ndarray:
-        """Epochs completed in this run when each record was taken (0 first)."""
+        """Epochs completed when each record was taken (0 first), counted on from one
+        `fit` to the next."""
         return self.log.epochs
 
     @staticmethod
@@ -234,50 +275,60 @@ class MovingStatsTracker(keras.callbacks.Callback):
                 stacklevel=3,
             )
         self._read = _variable_reader([variable for _, variable in self._variables])
-        self._log = MovingStatsLog(
+        log = MovingStatsLog(
             fields, every=self.every, layers=[k for k, _ in tracked], stats=self.stats
         )
         self._close()
+        self._log_before = self._log
         if self.log_dir is not None:
             try:
-                self._open_log_files()
+                log, self._file = open_for_append(self.log_dir, log)
             except OSError as error:
                 raise OSError(
                     f"MovingStatsTracker cannot write its log to `log_dir`={self.log_dir!r}: "
                     f"{error}"
                 ) from error
-
-    def _open_log_files(self) -> None:
-        os.makedirs(self.log_dir, exist_ok=True)
-        records_path = os.path.join(self.log_dir, RECORDS_FILE)
-        open(records_path, "wb").close()  # replace an earlier run's records
-        header_path = os.path.join(self.log_dir, HEADER_FILE)
-        with open(header_path + ".tmp", "w", encoding="utf-8") as f:
-            json.dump(self._log.header(), f, indent=1)
-        os.replace(header_path + ".tmp", header_path)
-        self._file = open(records_path, "ab", buffering=0)  # noqa: SIM115 - kept open
+            if self.tensorboard:
+                self._summaries = TensorBoardStatsWriter(self.log_dir)
+        elif self._log is not None:
+            check_continues(self._log, log, "this tracker's earlier `fit`")
+            log = self._log
+        self._log = log
+        if len(log):  # counted on from the last record, or from where this tracker's
+            # last `fit` ended (with `every=N` its last record may precede its end)
+            own = self._log_before is not None and len(self._log_before) == len(log)
+            done = self._done if own else (0, 0)
+            self._base_step = max(int(log.steps[-1]), done[0])
+            self._base_epoch = max(int(log.epochs[-1]), done[1])
 
     def _record(self, step: int, epoch: int) -> None:
         sync = getattr(self.model, "jax_state_sync", None)
         if sync is not None:  # JAX keeps the live state outside the variables during fit
             sync()
         row = self._log.new_row()
-        row["step"] = step
-        row["epoch"] = epoch
-        for (name, _), value in zip(self._variables, self._read(), strict=True):
+        row["step"] = self._base_step + step if step >= 0 else -1
+        row["epoch"] = self._base_epoch + epoch
+        values = self._read()
+        for (name, _), value in zip(self._variables, values, strict=True):
             row[name] = value
         self._log.append(row)
         if self._file is not None:
             self._file.write(row.tobytes())
+        if self._summaries is not None:
+            keys = [(f["layer"], f["stat"]) for f in self._log.fields if "layer" in f]
+            self._summaries.write(int(row["step"][0]), dict(zip(keys, values, strict=True)))
 
     def _close(self) -> None:
         if self._file is not None:
             self._file.close()
             self._file = None
+        if self._summaries is not None:
+            self._summaries.close()
+            self._summaries = None
 
     def _optimizer_steps(self) -> int:
         iterations = getattr(getattr(self.model, "optimizer", None), "iterations", None)
-        return -1 if iterations is None else int(keras.ops.convert_to_numpy(iterations))
+        return -1 if iterations is None else int(to_numpy(iterations))
 
     # -- Keras hooks
     def on_train_begin(self, logs=None):
@@ -286,7 +337,8 @@ class MovingStatsTracker(keras.callbacks.Callback):
             raise ValueError(
                 f"MovingStatsTracker: model {self.model.name!r} has no batch normalization layer."
             )
-        self._log = None
+        self._base_step = self._base_epoch = 0
+        self._step = 0
         self._first_epoch = None
         self._epochs_done = 0
         self._step = 0
@@ -324,7 +376,12 @@ class MovingStatsTracker(keras.callbacks.Callback):
 
     def on_train_end(self, logs=None):
         self._close()
+        if self._log is not None:
+            steps = self._base_step + self._step if self._step >= 0 else self._base_step
+            self._done = (steps, self._base_epoch + self._epochs_done)
 
     def __del__(self):
         if getattr(self, "_file", None) is not None:
             self._file.close()
+        if getattr(self, "_summaries", None) is not None:
+            self._summaries.close()

@@ -18,6 +18,10 @@ Two files, written by one tracker run:
 
 `MovingStatsTracker.load(log_dir)` reads both back with `numpy.frombuffer`
 into the same `MovingStatsLog` the tracker keeps in memory.
+
+A log is only ever appended to (`open_for_append`): a later training run, in
+this process or another, continues it if it has the same layout, and one of
+another layout is refused, so no record is ever overwritten.
 """
 
 from __future__ import annotations
@@ -25,11 +29,20 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 
-__all__ = ["FORMAT", "HEADER_FILE", "INDEX_FIELDS", "RECORDS_FILE", "MovingStatsLog", "read_header"]
+__all__ = [
+    "FORMAT",
+    "HEADER_FILE",
+    "INDEX_FIELDS",
+    "RECORDS_FILE",
+    "MovingStatsLog",
+    "check_continues",
+    "open_for_append",
+    "read_header",
+]
 
 HEADER_FILE = "moving_stats.json"
 RECORDS_FILE = "moving_stats.bin"
@@ -245,3 +258,49 @@ def read_header(path: str) -> dict[str, Any]:
             f"{dtype.itemsize} bytes",
         )
     return {**header, "dtype": dtype}
+
+
+def check_continues(earlier: MovingStatsLog, new: MovingStatsLog, where: str) -> None:
+    """Refuse to append records of another layout (model, layers, stats, `every`)."""
+    before, now = earlier.header(), new.header()
+    differ = [key for key in ("layers", "stats", "every", "fields") if before[key] != now[key]]
+    if differ:
+        shown = "; ".join(f"{key} {before[key]!r} there, {now[key]!r} now" for key in differ[:2])
+        raise ValueError(
+            f"MovingStatsTracker: {where} holds records of another layout ({shown}). A tracker "
+            "appends to its log and never overwrites it: use a new `log_dir` (or a new tracker) "
+            "for another model, other layers, stats or `every`."
+        )
+
+
+def open_for_append(log_dir: str, new: MovingStatsLog) -> tuple[MovingStatsLog, BinaryIO]:
+    """Open the log in `log_dir` for appending; return it and its records file.
+
+    The log there, if any, is continued: it must have `new`'s layout
+    (`check_continues`), and a torn last record is cut off so that the next
+    record starts at a record boundary. Otherwise `new` is written (records
+    file first, then the header, atomically). A records file without a header
+    is not ours to overwrite: `ValueError`.
+    """
+    os.makedirs(log_dir, exist_ok=True)
+    records_path = os.path.join(log_dir, RECORDS_FILE)
+    header_path = os.path.join(log_dir, HEADER_FILE)
+    if os.path.exists(header_path):
+        if not os.path.exists(records_path):  # stopped between the two files
+            open(records_path, "xb").close()
+        log = MovingStatsLog.load(log_dir)
+        check_continues(log, new, f"`log_dir`={log_dir!r}")
+        with open(records_path, "r+b") as f:
+            f.truncate(len(log) * log.dtype.itemsize)
+    elif os.path.exists(records_path):
+        raise ValueError(
+            f"MovingStatsTracker: `log_dir`={log_dir!r} holds {RECORDS_FILE} without its "
+            f"header {HEADER_FILE}; refusing to overwrite it. Use a new `log_dir`."
+        )
+    else:
+        log = new
+        open(records_path, "xb").close()
+        with open(header_path + ".tmp", "w", encoding="utf-8") as f:
+            json.dump(log.header(), f, indent=1)
+        os.replace(header_path + ".tmp", header_path)
+    return log, open(records_path, "ab", buffering=0)

@@ -7,7 +7,11 @@ from typing import Any
 import keras
 import numpy as np
 
-from keras_bn_tools._keras_compat import graph_input_name, is_functional
+from keras_bn_tools._keras_compat import (
+    graph_input_name,
+    ignoring_keras_variable_array_warning,
+    is_functional,
+)
 from keras_bn_tools.graph.find import batchnorm_of
 from keras_bn_tools.graph.policies import DROP, Policy, Replacement, copy_layer, rewrap
 
@@ -55,7 +59,8 @@ def clone_model(model: keras.Model, policy: Policy | None = None) -> keras.Model
         ValueError: if a kept layer cannot be copied from its config.
     """
     check_graph_model(model)
-    return _Cloner(policy or Policy()).clone(model)
+    with ignoring_keras_variable_array_warning():  # Keras's compile config: see its docstring
+        return _Cloner(policy or Policy()).clone(model)
 
 
 def _input_like(tensor: Any) -> Any:

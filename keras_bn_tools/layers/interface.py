@@ -91,7 +91,9 @@ class BatchNormInterface(Protocol):
         """Write the moving statistics, keeping any derived state consistent.
 
         `count`: how many batches the statistics stand for (a layer keeping a
-        cumulative average continues from it); None keeps the layer's count.
+        cumulative average continues from it, e.g. a recalibration passes its
+        number of batches); None lets the layer decide (a cumulative
+        `MomentumBatchNormalization` counts them as at least one batch).
         """
         ...
 

@@ -218,7 +218,10 @@ class TrainNormalizer:
         bn = as_batchnorm(layer)
         self.axis = bn.channel_axis
         self.epsilon = bn.epsilon
-        self.gamma, self.beta = bn.affine_parameters()
+        gamma, beta = bn.affine_parameters()
+        # Tensors once, not a host-to-device copy per batch.
+        self.gamma = None if gamma is None else keras.ops.convert_to_tensor(gamma)
+        self.beta = None if beta is None else keras.ops.convert_to_tensor(beta)
         self.compute_dtype = layer.compute_dtype
 
     def __call__(self, inputs: Any, mask: Any) -> tuple[Any, Any, Any, Any]:

@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
+import os
 import platform
 import sys
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from keras_bn_tools._validation import check_choice, check_positive_int, check_seeds
-from keras_bn_tools.studies.engines import Engine, resolve_engine
+from keras_bn_tools._validation import check_bool, check_choice, check_positive_int, check_seeds
+from keras_bn_tools.studies.engines import GROUPED, Engine, resolve_engine
+from keras_bn_tools.studies.parallel import check_n_jobs
 from keras_bn_tools.studies.protocol import SHUFFLES, Protocol
 from keras_bn_tools.studies.registry import PROTOCOLS, resolve_protocol
 from keras_bn_tools.studies.results import RunResult, StudyResult
@@ -126,23 +128,79 @@ def plan_study(protocol: str | Protocol = "circles", configs: Sequence[str] | st
                      config_settings)  # fmt: skip
 
 
-def execute(plan: StudyPlan, data: Any, *, progress: bool = False) -> Iterator[RunResult]:
-    """Every run of `plan`, config by config, seed by seed, as the engine finishes them."""
+def execute(plan: StudyPlan, data: Any, *, n_jobs: int = 1, store: Any = None,
+            progress: bool = False) -> list[RunResult]:  # fmt: skip
+    """Every run of `plan` in config then seed order: the runs saved in `store` loaded,
+    the others run in units of work (`keras_bn_tools.studies.parallel`), in this process
+    (`n_jobs=1`) or through joblib, each saved in `store` the moment it finishes."""
     from tqdm.auto import tqdm
 
-    total = len(plan.configs) * len(plan.seeds)
-    with tqdm(total=total, desc=plan.protocol.name, unit="run", file=sys.stderr,
-              disable=not progress, dynamic_ncols=True) as bar:  # fmt: skip
-        for config in plan.configs:
-            bar.set_postfix_str(config)
-            settings = plan.settings_for(config)
-            for run in plan.engine.run_seeds(plan.protocol, config, plan.seeds, data=data,
-                                             settings=settings, **plan.options):  # fmt: skip
-                yield run
-                bar.update(1)
+    from keras_bn_tools.studies import parallel
+    from keras_bn_tools.studies.compile_cache import active_compile_cache
+
+    keys = [(c, s) for c in plan.configs for s in plan.seeds]
+    finished = store.load_many(keys) if store is not None else {}
+    whole_units = GROUPED in plan.engine.supports
+    units = parallel.plan_units(plan.configs, plan.seeds, done=finished, whole_units=whole_units)
+    builtin = PROTOCOLS.get(plan.protocol.name) is plan.protocol
+    context = parallel.UnitContext(
+        protocol=plan.protocol.name if builtin else plan.protocol, engine=plan.engine,
+        data=data, settings={c: plan.settings_for(c) for c in plan.configs},
+        options=plan.options, backend=plan.backend,
+        store=store, threads=parallel.worker_threads(n_jobs, len(units)) if n_jobs != 1 else 0,
+        compile_cache=active_compile_cache() if plan.backend == "jax" else None,
+        whole_units=whole_units,
+    )  # fmt: skip
+    with tqdm(total=len(keys), initial=len(finished), desc=plan.protocol.name, unit="run",
+              file=sys.stderr, disable=not progress, dynamic_ncols=True) as bar:  # fmt: skip
+        try:
+            for run in parallel.run_units(context, units, n_jobs, lambda run: bar.update(1)):
+                finished.setdefault((run.config, run.seed), run)  # never counted twice
+        except parallel.WorkerDiedError as error:
+            where = (
+                f"the {len(store.saved())} finished runs are saved in {str(store.directory)!r}: "
+                f"run again with resume=True (--resume) to complete the study"
+                if store is not None
+                else "pass out=DIR to keep finished runs and resume=True to complete a study"
+            )
+            message = f"{error} Its unfinished runs are lost; {where}."
+            raise parallel.WorkerDiedError(message) from error
+    return [finished[key] for key in keys]
 
 
-def collect(plan: StudyPlan, data: Any, runs: list[RunResult], seconds: float) -> StudyResult:
+def open_store(plan: StudyPlan, data: Any, out: str | os.PathLike, *, resume: bool) -> Any:
+    """The `RunStore` of `out` for `plan`, checked (`RunStore.open`)."""
+    from keras_bn_tools.studies.store import RunStore, config_fingerprint, study_fingerprint
+
+    fingerprint = study_fingerprint(
+        plan.protocol, data=(data.train_x, data.train_y, data.test_x, data.test_y),
+        epochs=plan.settings.epochs, batch_size=plan.settings.batch_size,
+        shuffle=plan.settings.shuffle, engine=plan.engine.name, backend=plan.backend,
+        options={k: v for k, v in plan.options.items() if k != "callbacks_factory"},
+    )  # fmt: skip
+    configs = {c: config_fingerprint(plan.protocol, c, plan.settings_for(c)) for c in plan.configs}
+    return RunStore(out, fingerprint, configs).open(resume=resume)
+
+
+def _check_scaling(n_jobs: Any, out: Any, resume: Any, callbacks_factory: Any) -> tuple:
+    n_jobs = check_n_jobs(n_jobs)
+    resume = check_bool("resume", resume)
+    if resume and out is None:
+        raise ValueError("`resume=True` needs `out`: the directory whose saved runs to reuse.")
+    if out is not None and not isinstance(out, str | os.PathLike):
+        raise TypeError(f"`out` must be a directory path, got {out!r}.")
+    if out is not None and os.path.exists(out) and not os.path.isdir(out):
+        raise ValueError(f"`out` {os.fspath(out)!r} exists and is not a directory.")
+    if callbacks_factory is not None and n_jobs != 1:
+        raise ValueError(
+            "`callbacks_factory` needs n_jobs=1: the callbacks it makes hold their run's "
+            "model and stay in the process that trained it."
+        )
+    return n_jobs, resume
+
+
+def collect(plan: StudyPlan, data: Any, runs: list[RunResult], seconds: float,
+            n_jobs: int = 1) -> StudyResult:  # fmt: skip
     """The `StudyResult` of `plan`'s `runs`, with the study's metadata."""
     protocol = plan.protocol
     metadata = {
@@ -155,6 +213,7 @@ def collect(plan: StudyPlan, data: Any, runs: list[RunResult], seconds: float) -
         "accuracy": data.accuracy,
         "metric_name": data.metric.name,
         "compile_seconds": sum(r.compile_seconds for r in runs),
+        "n_jobs": n_jobs,
         **({"jit_compile": plan.options["jit_compile"]} if "jit_compile" in plan.options else {}),
     }
     return StudyResult(
@@ -192,6 +251,9 @@ def run_study(
     callbacks_factory: Callable[[str, int], Sequence[Any]] | None = None,
     progress: bool = False,
     jit_compile: bool | str = "auto",
+    n_jobs: int = 1,
+    out: str | os.PathLike | None = None,
+    resume: bool = False,
 ) -> StudyResult:
     """Train each config of `protocol` once per seed and collect the results.
 
@@ -219,6 +281,20 @@ def run_study(
             `True`, `False` or `"auto"`: as `protocol.jit_compile` says, which
             by default means from 4 seeds on, where it pays off
             (`engines.resolve_jit_compile`).
+        n_jobs: processes, as joblib takes it (`-1`: every core). The study is
+            cut into units (one config's chunk of up to 10 seeds) that joblib
+            runs; inside `joblib.parallel_config(backend="dask")` (a
+            `distributed.Client`) or `"ray"` they run on that cluster. Results
+            are identical, run for run, whatever `n_jobs` and backend (see
+            `keras_bn_tools.studies.parallel`).
+        out: a directory where each run is saved (`out/runs/`) the moment it
+            finishes, crash-safe, with its fingerprint (see
+            `keras_bn_tools.studies.store`). Refused if it already holds
+            finished runs and `resume` is False.
+        resume: reuse the runs saved in `out` (every one checked: a run of
+            another study or a corrupt file is refused, never skipped) and
+            run only the missing ones; the result equals an uninterrupted
+            study's, every number. Resumed runs have no `callbacks`.
 
     Returns:
         A `StudyResult`.
@@ -227,7 +303,10 @@ def run_study(
         ValueError: an unknown protocol, config, engine or shuffle; bad seeds;
             `engine="compiled"` on a backend without one (PyTorch);
             `callbacks_factory` with the compiled engine.
-        TypeError: a non-integer seed, epochs or batch size.
+        TypeError: a non-integer seed, epochs, batch size or `n_jobs`.
+        StudyMismatchError: (a ValueError) `out` holds runs of another study.
+        CorruptRunFileError: (a ValueError) a damaged run file in `out`.
+        WorkerDiedError: a worker process died (`resume=True` completes the study).
 
     Example:
         ```python
@@ -240,11 +319,13 @@ def run_study(
     # Keras (and with it TensorFlow) loads only now: `PROTOCOLS` and --help stay light.
     from keras_bn_tools.studies.engines.common import StudyData, Timer, fresh_model
 
+    n_jobs, resume = _check_scaling(n_jobs, out, resume, callbacks_factory)
     plan = plan_study(
         protocol, configs, seeds, epochs=epochs, batch_size=batch_size, engine=engine,
         shuffle=shuffle, callbacks_factory=callbacks_factory, jit_compile=jit_compile,
     )  # fmt: skip
     data = StudyData.load(plan.protocol, fresh_model(plan.protocol, plan.configs[0], plan.seeds[0]))
+    store = None if out is None else open_store(plan, data, out, resume=resume)
     timer = Timer()
-    runs = list(execute(plan, data, progress=progress))
-    return collect(plan, data, runs, timer.seconds)
+    runs = execute(plan, data, n_jobs=n_jobs, store=store, progress=progress)
+    return collect(plan, data, runs, timer.seconds, n_jobs)

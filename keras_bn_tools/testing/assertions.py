@@ -13,6 +13,7 @@ from typing import Any
 import keras
 import numpy as np
 
+from keras_bn_tools.ops import to_numpy
 from keras_bn_tools.testing.reference import (
     normalize_axes,
     reference_batchnorm,
@@ -41,7 +42,7 @@ def default_tolerances(dtype: Any) -> tuple[float, float]:
 def _numpy(value: Any) -> np.ndarray | None:
     if value is None:
         return None
-    return np.asarray(keras.ops.convert_to_numpy(value), dtype=np.float64)
+    return np.asarray(to_numpy(value), dtype=np.float64)
 
 
 def _layer_name(layer: Any) -> str:
@@ -151,7 +152,7 @@ def assert_normalizes(
     default_atol, default_rtol = default_tolerances(out_dtype)
     atol = default_atol if atol is None else float(atol)
     rtol = default_rtol if rtol is None else float(rtol)
-    returned = keras.ops.convert_to_numpy(output)
+    returned = to_numpy(output)
     y = returned.astype(np.float64)
     name = _layer_name(layer)
     if y.shape != x.shape:
@@ -355,7 +356,7 @@ def assert_moving_statistics(
     rtol = default_rtol if rtol is None else float(rtol)
     trainable = bool(getattr(layer, "trainable", True))
     tracked = getattr(layer, "num_batches_tracked", None)
-    tracked = 0 if tracked is None else int(np.asarray(keras.ops.convert_to_numpy(tracked)))
+    tracked = 0 if tracked is None else int(to_numpy(tracked))
 
     previous = (_numpy(layer.moving_mean).reshape(-1), _numpy(layer.moving_variance).reshape(-1))
     history = []

@@ -183,6 +183,8 @@ def test_a_model_without_bn_is_an_error():
         ({"layers": []}, ValueError, "at least one"),
         ({"layers": [3]}, TypeError, "layer names"),
         ({"log_dir": 3}, TypeError, "log_dir"),
+        ({"tensorboard": "yes"}, TypeError, "`tensorboard` must be None, True or False"),
+        ({"tensorboard": True}, ValueError, "needs a `log_dir`"),
     ],
 )
 def test_bad_arguments_fail_at_construction(kwargs, error, match):
@@ -253,8 +255,13 @@ def test_records_taken_before_a_crash_are_on_disk(tmp_path, circles, circles_mod
     )
 
 
+def _bytes(directory) -> dict[str, bytes]:
+    return {name: (directory / name).read_bytes() for name in (HEADER_FILE, RECORDS_FILE)}
+
+
 @pytest.mark.backend_agnostic
-def test_a_new_fit_starts_a_new_history_and_history_is_cached(tmp_path, circles, circles_model):
+def test_a_second_fit_appends_in_memory_and_on_disk(tmp_path, circles, circles_model):
+    """Issue 26: a second fit used to replace the first one's records (5 became 3)."""
     (x, y), _ = circles
     tracker = MovingStatsTracker(log_dir=tmp_path)
     circles_model.fit(x, y, epochs=2, verbose=0, callbacks=[tracker])
@@ -262,13 +269,81 @@ def test_a_new_fit_starts_a_new_history_and_history_is_cached(tmp_path, circles,
     assert tracker.history is first  # no new record: the same views
     with pytest.raises(ValueError):
         first["batch_normalization"]["gamma"][0, 0] = 5.0  # read-only views
+    gamma = first["batch_normalization"]["gamma"].copy()
     circles_model.fit(x, y, epochs=1, verbose=0, callbacks=[tracker])
-    np.testing.assert_array_equal(tracker.steps, [0, 16])
-    np.testing.assert_array_equal(
-        tracker.history["batch_normalization"]["gamma"][0],
-        first["batch_normalization"]["gamma"][-1],
-    )
-    assert len(MovingStatsTracker.load(tmp_path)) == 2
+    # 16 steps an epoch; the second fit starts where the first ended and counts on.
+    np.testing.assert_array_equal(tracker.steps, [0, 16, 32, 32, 48])
+    np.testing.assert_array_equal(tracker.epochs, [0, 1, 2, 2, 3])
+    history = tracker.history["batch_normalization"]["gamma"]
+    np.testing.assert_array_equal(history[:3], gamma)  # the first fit's records, kept
+    np.testing.assert_array_equal(history[3], gamma[-1])  # nothing changed in between
+    assert not np.array_equal(history[4], history[3])
+    loaded = MovingStatsTracker.load(tmp_path)
+    np.testing.assert_array_equal(loaded.steps, tracker.steps)
+    np.testing.assert_array_equal(loaded.history["batch_normalization"]["gamma"], history)
+
+
+@pytest.mark.backend_agnostic
+def test_without_log_dir_a_second_fit_appends_too(circles, circles_model):
+    (x, y), _ = circles
+    tracker = MovingStatsTracker(every=8)
+    circles_model.fit(x, y, epochs=1, verbose=0, callbacks=[tracker])
+    circles_model.fit(x, y, epochs=1, verbose=0, callbacks=[tracker])
+    np.testing.assert_array_equal(tracker.steps, [0, 8, 16, 16, 24, 32])
+    np.testing.assert_array_equal(tracker.epochs, [0, 0, 0, 1, 1, 1])
+    with pytest.raises(ValueError, match="another layout"):  # another model: refused
+        other = keras.Sequential([keras.Input((2,)), keras.layers.BatchNormalization(name="bn")])
+        other.compile(optimizer="sgd", loss="mse")
+        other.fit(x, np.zeros((len(x), 2)), verbose=0, callbacks=[tracker])
+    assert len(tracker.steps) == 6
+
+
+@pytest.mark.backend_agnostic
+def test_a_new_tracker_continues_the_log_in_its_log_dir(tmp_path, circles, circles_model):
+    """Another process (a new tracker) on the same `log_dir`: the log goes on, its last
+    torn record (a crash mid-write) cut off so that the new records line up."""
+    (x, y), _ = circles
+    circles_model.fit(x, y, epochs=1, verbose=0, callbacks=[MovingStatsTracker(log_dir=tmp_path)])
+    itemsize = MovingStatsTracker.load(tmp_path).dtype.itemsize
+    with open(tmp_path / RECORDS_FILE, "ab") as f:
+        f.write(b"\x01" * (itemsize // 2))
+    tracker = MovingStatsTracker(log_dir=tmp_path)
+    circles_model.fit(x, y, epochs=1, verbose=0, callbacks=[tracker])
+    np.testing.assert_array_equal(tracker.steps, [0, 16, 16, 32])
+    assert (tmp_path / RECORDS_FILE).stat().st_size == 4 * itemsize
+    loaded = MovingStatsTracker.load(tmp_path)
+    np.testing.assert_array_equal(loaded.epochs, [0, 1, 1, 2])
+    for stat, values in tracker.history["batch_normalization"].items():
+        np.testing.assert_array_equal(loaded.history["batch_normalization"][stat], values)
+
+
+@pytest.mark.backend_agnostic
+@pytest.mark.parametrize(
+    "kwargs", [{"stats": ("gamma",)}, {"every": 4}, {"layers": ("batch_normalization",)}]
+)
+def test_a_log_of_another_layout_is_refused_and_left_as_it_was(
+    kwargs, tmp_path, circles, circles_model
+):
+    (x, y), _ = circles
+    circles_model.fit(x, y, epochs=1, verbose=0, callbacks=[MovingStatsTracker(log_dir=tmp_path)])
+    before = _bytes(tmp_path)
+    tracker = MovingStatsTracker(log_dir=tmp_path, **kwargs)
+    if "layers" in kwargs:  # the same layout, asked for by name: it continues
+        circles_model.fit(x, y, epochs=1, verbose=0, callbacks=[tracker])
+        assert len(MovingStatsTracker.load(tmp_path)) == 4
+        return
+    with pytest.raises(ValueError, match=r"another layout.*never overwrites it: use a new"):
+        circles_model.fit(x, y, epochs=1, verbose=0, callbacks=[tracker])
+    assert _bytes(tmp_path) == before
+
+
+@pytest.mark.backend_agnostic
+def test_records_without_their_header_are_not_overwritten(tmp_path, circles, circles_model):
+    (x, y), _ = circles
+    (tmp_path / RECORDS_FILE).write_bytes(b"someone else's")
+    with pytest.raises(ValueError, match="without its header"):
+        circles_model.fit(x, y, verbose=0, callbacks=[MovingStatsTracker(log_dir=tmp_path)])
+    assert (tmp_path / RECORDS_FILE).read_bytes() == b"someone else's"
 
 
 def test_steps_per_execution_records_at_the_first_step_past_each_multiple():

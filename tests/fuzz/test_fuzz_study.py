@@ -18,7 +18,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from keras_bn_tools import cli
+import keras_bn_tools_cli as cli
 from keras_bn_tools.studies import run_study
 
 _ARGUMENT = {

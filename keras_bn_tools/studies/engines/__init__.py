@@ -35,6 +35,7 @@ __all__ = [
     "CALLBACKS",
     "COMPILED_BACKENDS",
     "ENGINES",
+    "GROUPED",
     "MOVING_STATS",
     "REGISTRY",
     "WHOLE_RUN",
@@ -50,6 +51,7 @@ CALLBACKS = "callbacks"  # runs Keras callbacks (`callbacks_factory`)
 MOVING_STATS = "moving_stats"  # records every BN statistic after every epoch
 WHOLE_RUN = "whole_run"  # the whole run compiled, no Python per step: what "auto" prefers
 XLA = "xla"  # XLA is an option (`jit_compile`)
+GROUPED = "grouped"  # trains a unit's seeds together; its numbers depend on the group's size
 #: `run_study(engine="auto")`: the fastest engine on the backend.
 AUTO = "auto"
 
@@ -68,7 +70,7 @@ class Engine:
         backends: the Keras backends it runs on; empty: every backend.
         options: the keyword options its `run_seeds` takes besides the study's
             (e.g. `"jit_compile"`, `"callbacks_factory"`).
-        supports: features from `CALLBACKS`, `MOVING_STATS`, `WHOLE_RUN`, `XLA`.
+        supports: features from `CALLBACKS`, `MOVING_STATS`, `WHOLE_RUN`, `XLA`, `GROUPED`.
         summary: one line for people.
     """
 
@@ -122,7 +124,7 @@ REGISTRY: tuple[Engine, ...] = (
         "each run one tf.function (XLA where it helps), seeds pipelined",
     ),
     Engine(
-        "compiled", f"{_HERE}.jax", ("jax",), (), frozenset({MOVING_STATS, WHOLE_RUN}),
+        "compiled", f"{_HERE}.jax", ("jax",), (), frozenset({MOVING_STATS, WHOLE_RUN, GROUPED}),
         "jax.jit + lax.scan per run, seeds mapped with jax.vmap",
     ),
     Engine(
