@@ -171,7 +171,9 @@ def limit_threads(threads: int, backend: str) -> None:
     for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS",
                  "TF_NUM_INTRAOP_THREADS"):  # fmt: skip
         os.environ[name] = count
-    os.environ["TF_NUM_INTEROP_THREADS"] = "1" if threads <= 2 else "2"
+    # Two inter-op threads whatever `threads`: they schedule more than they compute, and
+    # the TensorFlow engine's graph calls and its next seeds' models need one each.
+    os.environ["TF_NUM_INTEROP_THREADS"] = "2"
     if threads == 1 and "jax" not in sys.modules:
         flags = os.environ.get("XLA_FLAGS", "")
         if "xla_cpu_multi_thread_eigen" not in flags:
@@ -248,9 +250,17 @@ def _run_unit_remote(context: UnitContext, unit: Unit) -> list[Any]:
 # --------------------------------------------------------------------------- the study side
 
 
+#: Sets the threads of each worker process, in place of cores // workers.
+THREADS_ENV = "KERAS_BN_TOOLS_WORKER_THREADS"
+
+
 def worker_threads(n_jobs: int, units: int) -> int:
-    """Threads per worker: this machine's cores shared by the workers that run at once."""
+    """Threads per worker: this machine's cores shared by the workers that run at once
+    (`$KERAS_BN_TOOLS_WORKER_THREADS` if set)."""
     import joblib
+
+    if os.environ.get(THREADS_ENV):
+        return max(1, int(os.environ[THREADS_ENV]))
 
     workers = max(1, min(joblib.effective_n_jobs(n_jobs), units))
     return max(1, (os.cpu_count() or 1) // workers)

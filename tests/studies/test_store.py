@@ -27,8 +27,6 @@ from keras_bn_tools.studies.store import (
     encode_run,
 )
 
-pytestmark = pytest.mark.backend_agnostic
-
 
 def assert_same_runs(a, b):
     """Every number of every run equal (not close): what resume and parallel promise."""
@@ -200,6 +198,21 @@ def test_resume_runs_only_the_missing_runs_and_equals_the_whole_study(tmp_path, 
     again = _blobs_study(partial, configs=["plain", "bn"], resume=True)
     assert trained == []  # a finished study resumes without training
     assert_same_runs(again, whole)
+
+
+@pytest.mark.backend_agnostic
+def test_a_partly_saved_vmapped_unit_resumes_to_the_same_numbers(tmp_path):
+    import keras
+
+    if keras.backend.backend() != "jax":
+        pytest.skip("the JAX engine is the one that trains a unit's seeds together")
+    study = {"configs": ["bn"], "seeds": range(3), "epochs": 2, "engine": "compiled"}
+    whole = run_study(BLOBS, **study, out=tmp_path / "a")
+    (tmp_path / "a" / "runs" / "bn" / "seed-1.json").unlink()
+    kept = (tmp_path / "a" / "runs" / "bn" / "seed-0.json").read_bytes()
+    resumed = run_study(BLOBS, **study, out=tmp_path / "a", resume=True)
+    assert_same_runs(resumed, whole)  # seed 1 trained again in its whole unit of 3
+    assert (tmp_path / "a" / "runs" / "bn" / "seed-0.json").read_bytes() == kept
 
 
 def test_an_out_with_finished_runs_needs_resume(tmp_path):
