@@ -20,13 +20,13 @@ import keras
 from keras import ops
 
 from keras_bn_tools._validation import check_axis, check_bool, check_epsilon
+from keras_bn_tools.layers.conversion import copy_batchnorm
 from keras_bn_tools.layers.interface import (
     BatchNormReads,
     as_batchnorm,
     assign_keras_variables,
     checked_statistics,
 )
-from keras_bn_tools.ops import to_numpy
 
 __all__ = ["FrozenBatchNormalization"]
 
@@ -226,18 +226,9 @@ class FrozenBatchNormalization(BatchNormReads, keras.layers.Layer):
         """
         train_affine = check_bool("train_affine", train_affine)
         bn = as_batchnorm(layer)
-        source = layer.get_config()
-        config = {key: source[key] for key in _SHARED_ARGUMENTS if key in source}
-        config.update(axis=bn.channel_axis, epsilon=bn.epsilon, train_affine=train_affine)
-        for key in ("name", "dtype"):
-            config[key] = source[key]
-        frozen = cls.from_config(config)
-        if layer.built:
-            frozen.build_from_config(layer.get_build_config())
-            frozen.set_keras_variables(
-                {name: to_numpy(value) for name, value in bn.keras_variables().items()}
-            )
-        return frozen
+        # `layer`'s `trainable` flag is not copied: the copy keeps the default (True).
+        overrides = {"axis": bn.channel_axis, "epsilon": bn.epsilon, "trainable": True}
+        return copy_batchnorm(layer, cls, {**overrides, "train_affine": train_affine})
 
     def to_batchnorm(
         self, to: type[keras.layers.Layer] = keras.layers.BatchNormalization
@@ -254,14 +245,7 @@ class FrozenBatchNormalization(BatchNormReads, keras.layers.Layer):
                 "`to` must be keras.layers.BatchNormalization or a subclass of it (e.g. "
                 f"keras_bn_tools.layers.MomentumBatchNormalization), got {to!r}."
             )
-        config = self.get_config()
-        config = {key: config[key] for key in (*_SHARED_ARGUMENTS, "name", "dtype")}
-        layer = to.from_config(config)
-        if self.built:
-            layer.build_from_config(self.get_build_config())
-            variables = {name: to_numpy(value) for name, value in self.keras_variables().items()}
-            as_batchnorm(layer).set_keras_variables(variables)
-        return layer
+        return copy_batchnorm(self, to, {"trainable": True})
 
     # ------------------------------------------------------------------ BN interface
     # (channel_axis, moving_statistics, affine_parameters, inference_affine, keras_variables
