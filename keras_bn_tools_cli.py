@@ -29,14 +29,12 @@ import tempfile
 from collections.abc import Callable, Sequence
 from types import ModuleType
 
-__all__ = ["BUILTIN", "ENGINES", "main"]
+__all__ = ["ENGINES", "builtin_protocols", "main"]
 
 PROG = "keras-bn-tools"
 EXIT_USAGE = 2
-#: `keras_bn_tools.studies.registry.BUILTIN`'s names and
 #: `keras_bn_tools.studies.engines.ENGINES`, which the parser cannot import without
 #: importing Keras (tests/test_cli.py keeps them equal).
-BUILTIN = ("circles", "digits", "sequence", "diabetes", "sigmoid-mlp", "small-batch")
 ENGINES = ("auto", "compiled", "fit")
 #: `keras_bn_tools._validation.MAX_SEED` (a test keeps them equal).
 MAX_SEED = 2**32 - 1
@@ -48,6 +46,14 @@ STARTUP_NOISE = re.compile(
     r"cpu_feature_guard|TensorFlow binary is optimized|To enable the following instructions|"
     r"rebuild TensorFlow with the appropriate compiler flags"
 )
+
+
+def builtin_protocols() -> tuple[str, ...]:
+    """The built-in protocols' names, read from the package metadata (the entry points
+    of `keras_bn_tools.studies.registry.ENTRY_POINT_GROUP`, listed once in
+    `pyproject.toml`) without importing the package, which would load Keras."""
+    group = importlib.metadata.entry_points(group="keras_bn_tools.protocols")
+    return tuple(entry.name for entry in group)
 
 
 def _version() -> str:
@@ -202,7 +208,8 @@ def _build_parser(argv: Sequence[str]) -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     commands.required = True
-    for name in BUILTIN:
+    builtin = builtin_protocols()
+    for name in builtin:
         # Only the protocol being run is imported (for its --help): --help stays fast.
         asks_help = argv[:1] == [name] and not {"-h", "--help"}.isdisjoint(argv)
         epilog = _protocol_epilog(name) if asks_help else None
@@ -228,7 +235,7 @@ def _build_parser(argv: Sequence[str]) -> argparse.ArgumentParser:
     )  # fmt: skip
     summary.add_argument("protocol", nargs="?", default="circles", metavar="WHAT",
                          help="a saved study, a built-in protocol "
-                         f"({', '.join(BUILTIN)}), MODULE:ATTR or FILE.py:ATTR "
+                         f"({', '.join(builtin)}), MODULE:ATTR or FILE.py:ATTR "
                          "(default: circles)")  # fmt: skip
     summary.add_argument("--configs", nargs="+", metavar="NAME", help="configs (default: all)")
     return parser

@@ -26,6 +26,7 @@ from keras_bn_tools._validation import (
     check_layer_weights,
     check_positive_int,
 )
+from keras_bn_tools.layers import BatchNormLSTM
 from keras_bn_tools.placement import Placement, parse_placement
 
 __all__ = ["build_cnn", "build_lstm", "build_mlp"]
@@ -213,6 +214,19 @@ def build_mlp(
     return _sequential((input_dim,), layers, name)
 
 
+def _check_pooling_fits(input_shape: tuple, filters: tuple, pool_every: Any, channels_first: bool):
+    """Raise if `build_cnn`'s MaxPooling2D(2) layers would shrink the input below 1x1."""
+    spatial = input_shape[1:] if channels_first else input_shape[:2]
+    num_pools = 0 if pool_every is None else len(filters) // pool_every
+    if min(spatial) < 2**num_pools:
+        raise ValueError(
+            f"Invalid `input_shape`: {input_shape!r} is too small for the {num_pools} "
+            f"MaxPooling2D(2) layers of filters={filters!r} with pool_every={pool_every!r}; "
+            f"height and width must be at least {2**num_pools}. Use a larger input, "
+            f"fewer filters or a larger (or None) `pool_every`."
+        )
+
+
 def build_cnn(
     input_shape: Sequence[int],
     filters: Sequence[int] | int = (32, 32),
@@ -288,15 +302,7 @@ def build_cnn(
     _check_activation("output_activation", output_activation)
     make_bn = NormalizationFactory(bn_layer)
 
-    spatial = input_shape[1:] if channels_first else input_shape[:2]
-    num_pools = 0 if pool_every is None else len(filters) // pool_every
-    if min(spatial) < 2**num_pools:
-        raise ValueError(
-            f"Invalid `input_shape`: {input_shape!r} is too small for the {num_pools} "
-            f"MaxPooling2D(2) layers of filters={filters!r} with pool_every={pool_every!r}; "
-            f"height and width must be at least {2**num_pools}. Use a larger input, "
-            f"fewer filters or a larger (or None) `pool_every`."
-        )
+    _check_pooling_fits(input_shape, filters, pool_every, channels_first)
 
     layers: list[keras.layers.Layer] = []
     for i, n_filters in enumerate(filters):
@@ -382,8 +388,6 @@ def build_lstm(
     for i, n_units in enumerate(units):
         return_sequences = i < len(units) - 1
         if placement is Placement.BEFORE:
-            from keras_bn_tools.layers import BatchNormLSTM
-
             layers.append(BatchNormLSTM(n_units, return_sequences=return_sequences))
         else:
             layers.append(keras.layers.LSTM(n_units, return_sequences=return_sequences))

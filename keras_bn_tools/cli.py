@@ -107,10 +107,10 @@ def _write(result: Any, staging: Path, moving_stats: bool) -> str:
 
 
 def _run_study(args: argparse.Namespace) -> int:
-    from keras_bn_tools.studies.experiments import DEFAULT_SEEDS
+    from keras_bn_tools.studies.experiments import DEFAULT_SEEDS, EXPERIMENTS, experiment_runner
 
     if args.seeds is None:
-        args.seeds = DEFAULT_SEEDS.get(getattr(args, "protocol", None), 10)
+        args.seeds = DEFAULT_SEEDS.get(args.protocol, 10) if args.command != "study" else 10
     if args.first_seed + args.seeds - 1 > MAX_SEED:
         raise UsageError(
             f"--seeds/--first-seed: seeds {args.first_seed}..{args.first_seed + args.seeds - 1} "
@@ -125,7 +125,6 @@ def _run_study(args: argparse.Namespace) -> int:
     import keras
 
     from keras_bn_tools.studies import run_study
-    from keras_bn_tools.studies.experiments import EXPERIMENTS, experiment_runner
     from keras_bn_tools.studies.store import CorruptRunFileError, StudyMismatchError
 
     experiment = None if user else EXPERIMENTS.get(protocol.name)

@@ -60,8 +60,10 @@ def moments(
     The one place this package takes batch moments. `x` is first cast to
     `compute_dtype(x.dtype)`. Without a mask this is `keras.ops.moments`
     (which, with `synchronized=True` under a `tf.distribute` strategy, reduces
-    over all replicas). With a mask (Keras's convention: one dimension less
-    than `x`, broadcast on its last axis; nonzero = counted) the statistics are
+    over all replicas; on JAX the moments of a batch sharded by a
+    `keras.distribution` are the global batch's in any case). With a mask
+    (Keras's convention: one dimension less than `x`, broadcast on its last
+    axis; nonzero = counted) the statistics are
     those of the unmasked values only, computed exactly as
     `keras.layers.BatchNormalization` computes them (the count gets
     `keras.backend.epsilon()` added, so an all-masked feature gives 0, not
@@ -72,21 +74,15 @@ def moments(
         axes: the axes to reduce (the non-feature axes for BN).
         mask: optional mask, shape `x.shape[:-1]`.
         keepdims: keep the reduced axes with size 1.
-        synchronized: reduce across `tf.distribute` replicas (TensorFlow).
+        synchronized: reduce across `tf.distribute` replicas (TensorFlow; on
+            JAX nothing to do, on PyTorch Keras refuses it).
 
     Returns:
         `(mean, variance)`, each of shape `x.shape` without `axes` (or with
         them of size 1 when `keepdims`).
 
-    Example:
-
-    ```python
-    import numpy as np
-    from keras_bn_tools.ops import moments
-
-    x = np.arange(12, dtype="float32").reshape(4, 3)
-    mean, variance = moments(x, axes=[0])  # [4.5, 5.5, 6.5], [5.0, 5.0, 5.0]
-    ```
+    Example: `moments(np.arange(12.0).reshape(4, 3), axes=[0])` gives
+    `([4.5, 5.5, 6.5], [11.25, 11.25, 11.25])`.
     """
     x = ops.convert_to_tensor(x)
     dtype = compute_dtype(x.dtype)
@@ -94,6 +90,9 @@ def moments(
         x = ops.cast(x, dtype)
     axes = [int(axis) % len(x.shape) for axis in axes]
     if mask is None:
+        # On JAX, a batch sharded by a keras.distribution is reduced across devices by
+        # XLA's SPMD partitioner: its moments already are the global batch's.
+        synchronized = synchronized and keras.backend.backend() != "jax"
         return ops.moments(x, axes=axes, keepdims=keepdims, synchronized=synchronized)
     weights = _broadcast_mask(x, mask)
     sum_of_weights = ops.sum(ops.cast(weights, dtype), axes, keepdims=True)

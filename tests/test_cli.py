@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import json
 import os
 import shutil
@@ -83,13 +84,17 @@ def test_help_version_and_usage_errors_import_neither_the_package_nor_keras():
 
 @pytest.mark.backend_agnostic
 def test_the_front_agrees_with_the_package():
-    """The front lists what it cannot import: the built-in protocols, the engines and the
-    seed range."""
+    """The front reads the built-in protocols from the same metadata as the package, and
+    lists what it cannot import: the engines and the seed range."""
     from keras_bn_tools._validation import MAX_SEED
     from keras_bn_tools.studies.engines import ENGINES
-    from keras_bn_tools.studies.registry import BUILTIN
+    from keras_bn_tools.studies.registry import BUILTIN, ENTRY_POINT_GROUP
 
-    assert tuple(BUILTIN) == cli.BUILTIN
+    assert cli.builtin_protocols() == tuple(BUILTIN)
+    assert {"circles", "digits", "sequence", "diabetes", "sigmoid-mlp", "small-batch"} <= set(
+        BUILTIN
+    )
+    assert f'group="{ENTRY_POINT_GROUP}"' in inspect.getsource(cli.builtin_protocols)
     assert tuple(ENGINES) == cli.ENGINES
     assert cli.MAX_SEED == MAX_SEED
 
@@ -320,7 +325,7 @@ def test_study_runs_a_one_hot_protocol_from_a_file_path(capsys, tmp_path, monkey
     results = json.loads((out / "results.json").read_text())
     assert results["metric"] == "accuracy" and results["mode"] == "max"
     assert results["metadata"]["metric_name"] == "categorical_accuracy"
-    assert _listing(out) == sorted(cli.OUTPUTS)
+    assert _listing(out) == sorted(OUTPUTS)
 
 
 @pytest.mark.backend_agnostic

@@ -200,3 +200,15 @@ def test_batchnorm_of_decides_wrapped_or_not():
     assert graph.batchnorm_of(keras.layers.TimeDistributed(bn)) is bn
     assert graph.batchnorm_of(keras.layers.TimeDistributed(keras.layers.Dense(2))) is None
     assert graph.batchnorm_of(keras.layers.Dense(2)) is None
+
+
+def test_every_bn_class_of_the_package_is_found_as_a_bn():
+    # A layer that misses one member of BatchNormInterface silently stops being a BN
+    # for the graph module (and so for folding, freezing, recalibration): caught here.
+    from keras_bn_tools.layers import FrozenBatchNormalization
+
+    kinds = [keras.layers.BatchNormalization, MomentumBatchNormalization, FrozenBatchNormalization]
+    model = keras.Sequential([keras.Input((3,)), *(kind(name=kind.__name__) for kind in kinds)])
+    assert [layer.name for layer in batchnorm_layers(model)] == [k.__name__ for k in kinds]
+    for layer in model.layers:
+        assert graph.batchnorm_of(keras.layers.TimeDistributed(layer)) is layer

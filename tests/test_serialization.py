@@ -125,13 +125,20 @@ def test_registration_also_when_keras_is_imported_first():
     _run_fresh_python(script)
 
 
-def test_import_keras_bn_tools_alone_does_not_import_keras():
+def test_import_keras_bn_tools_registers_every_layer_without_an_import_hook():
+    # Registration comes from the classes' decorators as `keras_bn_tools.layers` imports;
+    # the package installs no `sys.meta_path` finder (issue 22).
     script = (
         "import sys\n"
+        "finders = list(sys.meta_path)\n"
         "import keras_bn_tools\n"
-        "assert 'keras' not in sys.modules, 'import keras_bn_tools imported Keras'\n"
         "import keras\n"
-        "assert keras.saving.get_registered_object('keras_bn_tools>ChannelAffine')\n"
+        "from keras_bn_tools.layers import SERIALIZABLE_CLASSES\n"
+        "for cls in SERIALIZABLE_CLASSES:\n"
+        "    name = 'keras_bn_tools>' + cls.__name__\n"
+        "    assert keras.saving.get_registered_object(name) is cls, name\n"
+        "added = [f for f in sys.meta_path if f not in finders]\n"
+        "assert not [f for f in added if 'keras_bn_tools' in type(f).__module__], added\n"
     )
     _run_fresh_python(script)
 

@@ -83,3 +83,19 @@ def test_tracker_recalibration_and_conversion_raise_no_deprecation():
     assert len(tracker.steps) == 1 + 8 // 2 and tracker.steps[-1] == 8
     assert len(exact) == len(single) == 1 and exact.num_samples == single.num_samples == 64
     np.testing.assert_allclose(prediction, model.predict(x, verbose=0), rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.backend_agnostic
+def test_the_testing_kit_raises_no_deprecation():
+    """`keras_bn_tools.testing` runs inside users' test suites, often with -W error."""
+    from keras_bn_tools.testing import assert_moving_statistics, assert_normalizes
+
+    x = np.random.default_rng(1).normal(size=(16, 3)).astype("float32")
+    batches = [x[:8], x[8:]]
+    context = _deprecations_as_errors()
+    try:
+        for layer in (keras.layers.BatchNormalization(), MomentumBatchNormalization(momentum=None)):
+            assert_normalizes(layer, x)
+            assert_moving_statistics(layer, batches)
+    finally:
+        context.__exit__(None, None, None)

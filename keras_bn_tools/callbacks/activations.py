@@ -6,30 +6,45 @@ batch normalization: the picture of "internal covariate shift".
 `ActivationTracker` records exactly that for every nonlinearity of a Keras
 model, on one fixed probe batch, per unit.
 
-The on-disk log (`log_dir`) uses the record format of
-`keras_bn_tools.callbacks.stats_log` (a JSON header and fixed-size binary
-records appended one unbuffered `write` at a time) under its own file names,
+The callback lives here; finding the nonlinearities and capturing their inputs
+is `_nonlinearities`, the log and its files `_activation_log` (the record
+format of `keras_bn_tools.callbacks.stats_log` under the file names
 `activations.json` and `activations.bin`, so that it can share a directory
-with a `MovingStatsTracker` log.
+with a `MovingStatsTracker` log), the argument checks `_activation_args`.
 """
 
 from __future__ import annotations
 
-import itertools
-import json
-import math
-import numbers
 import os
 import warnings
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from typing import Any
 
 import keras
 import numpy as np
 
 from keras_bn_tools._validation import check_writable_directory
-from keras_bn_tools.callbacks.stats_log import INDEX_FIELDS, MovingStatsLog, read_header
+from keras_bn_tools.callbacks._activation_args import (
+    check_every,
+    check_layers,
+    check_percentiles,
+    check_probe,
+    check_probe_fits,
+)
+from keras_bn_tools.callbacks._activation_log import (
+    ACTIVATION_HEADER_FILE,
+    ACTIVATION_RECORDS_FILE,
+    NONFINITE_FIELD,
+    ActivationLog,
+    create_log_files,
+)
+from keras_bn_tools.callbacks._nonlinearities import (
+    capturing_inputs,
+    nonlinearity_layers,
+    unit_axis_of,
+    unit_percentiles,
+)
+from keras_bn_tools.ops import to_numpy
 
 __all__ = [
     "ACTIVATION_HEADER_FILE",
@@ -39,281 +54,7 @@ __all__ = [
     "nonlinearity_layers",
 ]
 
-ACTIVATION_HEADER_FILE = "activations.json"
-ACTIVATION_RECORDS_FILE = "activations.bin"
-#: `header["kind"]` of an activation log (the record format is `stats_log`'s).
-LOG_KIND = "activation-percentiles"
-#: The stat name of the percentile fields in the shared record format.
-PERCENTILES_STAT = "percentiles"
-#: Per record, one flag per tracked layer: 1 where a percentile is NaN or infinite.
-NONFINITE_FIELD = "nonfinite"
 
-# Layers whose `activation` attribute is applied to their (linear) output. RNN layers also
-# have an `activation`, but apply it inside the cell at every time step: left out.
-_FUSED_ACTIVATION_TYPES = tuple(
-    getattr(keras.layers, name)
-    for name in (
-        "Dense",
-        "EinsumDense",
-        "Conv1D",
-        "Conv2D",
-        "Conv3D",
-        "Conv1DTranspose",
-        "Conv2DTranspose",
-        "Conv3DTranspose",
-        "SeparableConv1D",
-        "SeparableConv2D",
-        "DepthwiseConv1D",
-        "DepthwiseConv2D",
-        "Activation",
-    )
-    if hasattr(keras.layers, name)
-)
-# Dedicated nonlinearity layers, which apply a fixed function in `call`.
-_ACTIVATION_LAYER_TYPES = tuple(
-    getattr(keras.layers, name)
-    for name in ("ReLU", "LeakyReLU", "ELU", "PReLU", "Softmax")
-    if hasattr(keras.layers, name)
-)
-
-
-def _is_linear(activation: Any) -> bool:
-    return activation is None or keras.activations.get(activation) is keras.activations.linear
-
-
-def _nonlinearity_kind(layer: keras.layers.Layer) -> str | None:
-    """`"activation"` (patch the `activation` attribute), `"call"` (patch `call`) or None."""
-    if isinstance(layer, _FUSED_ACTIVATION_TYPES):
-        return None if _is_linear(layer.activation) else "activation"
-    if isinstance(layer, _ACTIVATION_LAYER_TYPES):
-        return "call"
-    return None
-
-
-def nonlinearity_layers(model: keras.Model) -> list[tuple[str, keras.layers.Layer]]:
-    """`(key, layer)` for every nonlinearity of `model`, nested models included, in call order.
-
-    A nonlinearity is an `Activation` layer with a non-linear function, a
-    dedicated activation layer (`ReLU`, `LeakyReLU`, `ELU`, `PReLU`,
-    `Softmax`), or a Dense / convolution layer with a fused non-linear
-    `activation`. Keys are layer names; a name repeated in nested models gets
-    `#2`, `#3`, ...
-    """
-    if not isinstance(model, keras.Model):
-        raise TypeError(f"`model` must be a keras.Model, got {model!r} ({type(model).__name__}).")
-    found: list[keras.layers.Layer] = []
-    seen: set[int] = set()
-
-    def visit(layer: keras.layers.Layer) -> None:
-        if id(layer) in seen:
-            return
-        seen.add(id(layer))
-        if isinstance(layer, keras.Model):
-            for inner in layer.layers:
-                visit(inner)
-        elif _nonlinearity_kind(layer) is not None:
-            found.append(layer)
-
-    for layer in model.layers:
-        visit(layer)
-    counts: dict[str, int] = {}
-    keyed = []
-    for layer in found:
-        counts[layer.name] = counts.get(layer.name, 0) + 1
-        n = counts[layer.name]
-        keyed.append((layer.name if n == 1 else f"{layer.name}#{n}", layer))
-    return keyed
-
-
-@contextmanager
-def _capturing_inputs(layers: Sequence[tuple[str, keras.layers.Layer]]) -> Iterator[dict]:
-    """While active, a call of the model stores each layer's nonlinearity input by key.
-
-    For a layer with a fused activation the input of `layer.activation` is its
-    pre-activation (the linear part's output); an `Activation` layer's
-    `activation` receives the layer's input; a dedicated activation layer's
-    `call` receives it. The patches are instance attributes, removed on exit.
-    """
-    captured: dict[str, Any] = {}
-    patched: list[tuple[keras.layers.Layer, str, bool, Any]] = []
-
-    def patch(layer: keras.layers.Layer, attribute: str, replacement: Callable) -> None:
-        had_own = attribute in layer.__dict__
-        patched.append((layer, attribute, had_own, layer.__dict__.get(attribute)))
-        object.__setattr__(layer, attribute, replacement)
-
-    def capture(key: str, function: Callable) -> Callable:
-        def wrapper(x, *args, **kwargs):
-            captured[key] = x
-            return function(x, *args, **kwargs)
-
-        return wrapper
-
-    try:
-        for key, layer in layers:
-            attribute = "activation" if _nonlinearity_kind(layer) == "activation" else "call"
-            patch(layer, attribute, capture(key, getattr(layer, attribute)))
-        yield captured
-    finally:
-        for layer, attribute, had_own, value in reversed(patched):
-            if had_own:
-                object.__setattr__(layer, attribute, value)
-            else:
-                object.__delattr__(layer, attribute)
-
-
-def _unit_axis(layer: keras.layers.Layer, rank: int) -> int:
-    if getattr(layer, "data_format", None) == "channels_first" and rank > 2:
-        return 1
-    return rank - 1
-
-
-def unit_percentiles(x: np.ndarray, percentiles: Sequence[float], unit_axis: int) -> np.ndarray:
-    """`np.percentile` of `x` over every axis but `unit_axis`: shape `(len(percentiles), units)`."""
-    x = np.moveaxis(np.asarray(x, dtype="float64"), unit_axis, -1)
-    return np.percentile(x.reshape(-1, x.shape[-1]), list(percentiles), axis=0)
-
-
-# ---------------------------------------------------------------------------- argument checks
-def _check_percentiles(percentiles: Any) -> tuple[float, ...]:
-    if isinstance(percentiles, numbers.Real) and not isinstance(percentiles, bool):
-        percentiles = (percentiles,)
-    if isinstance(percentiles, str) or not isinstance(percentiles, Iterable):
-        raise TypeError(
-            f"`percentiles` must be a sequence of numbers in [0, 100], got {percentiles!r}."
-        )
-    values = tuple(percentiles)
-    if not values or not all(
-        isinstance(p, numbers.Real) and not isinstance(p, bool) for p in values
-    ):
-        raise TypeError(
-            f"`percentiles` must be a non-empty sequence of numbers in [0, 100], "
-            f"got {percentiles!r}."
-        )
-    values = tuple(float(p) for p in values)
-    if not all(math.isfinite(p) and 0 <= p <= 100 for p in values):
-        raise ValueError(f"`percentiles` must lie in [0, 100], got {list(values)}.")
-    if any(b <= a for a, b in itertools.pairwise(values)):
-        raise ValueError(
-            f"`percentiles` must be strictly increasing (sorted, no repeats), got {list(values)}."
-        )
-    return values
-
-
-def _check_every(every: Any) -> str | int:
-    if isinstance(every, str) and every in ("epoch", "batch"):
-        return 1 if every == "batch" else every
-    if isinstance(every, str | bool) or not isinstance(every, numbers.Integral) or every < 1:
-        error = TypeError if not isinstance(every, str | numbers.Integral) else ValueError
-        raise error(
-            f'`every` must be "epoch", "batch" or a positive integer (batches), got {every!r}.'
-        )
-    return int(every)
-
-
-def _check_layers(layers: Any) -> tuple[str, ...] | None:
-    if layers is None:
-        return None
-    if isinstance(layers, str):
-        layers = (layers,)
-    if not isinstance(layers, Iterable) or not all(isinstance(n, str) for n in layers):
-        raise TypeError(f"`layers` must be None or a sequence of layer names, got {layers!r}.")
-    layers = tuple(dict.fromkeys(layers))
-    if not layers:
-        raise ValueError("`layers` must be None (every nonlinearity) or name at least one layer.")
-    return layers
-
-
-def _check_probe(probe: Any) -> Any:
-    def as_array(value: Any) -> np.ndarray:
-        array = np.asarray(value)
-        if array.ndim < 1 or array.shape[0] < 1 or array.dtype == object:
-            raise ValueError(
-                f"`probe` must be a batch (an array with at least one row, or a list/dict of "
-                f"such arrays for a multi-input model), got shape {array.shape} "
-                f"dtype {array.dtype}."
-            )
-        return array
-
-    if isinstance(probe, dict):
-        return {key: as_array(value) for key, value in probe.items()}
-    if isinstance(probe, list | tuple):
-        return [as_array(value) for value in probe]
-    try:
-        return as_array(probe)
-    except TypeError as error:
-        raise TypeError(f"`probe` must be an array (or arrays), got {type(probe)}.") from error
-
-
-# ---------------------------------------------------------------------------------- the log
-class ActivationLog(MovingStatsLog):
-    """The records of an `ActivationTracker`: `stats_log`'s format, one field per layer.
-
-    Attributes:
-        percentiles: the recorded percentiles, in order.
-        training: whether the probe was run in training mode.
-    """
-
-    def __init__(self, fields, *, every, layers, percentiles, training, records=None):
-        super().__init__(
-            fields, every=every, layers=layers, stats=[PERCENTILES_STAT], records=records
-        )
-        self.percentiles = tuple(float(p) for p in percentiles)
-        self.training = bool(training)
-
-    @property
-    def history(self) -> dict[str, np.ndarray]:  # type: ignore[override]
-        """`history[layer]`: array `(records, len(percentiles), units)`, oldest first."""
-        return {layer: stats[PERCENTILES_STAT] for layer, stats in super().history.items()}
-
-    @property
-    def nonfinite(self) -> dict[str, np.ndarray]:
-        """`nonfinite[layer]`: bool per record, True where a percentile is NaN or infinite."""
-        flags = self._view(NONFINITE_FIELD)
-        return {layer: flags[:, i].astype(bool) for i, layer in enumerate(self.layers)}
-
-    def header(self) -> dict[str, Any]:
-        return {
-            **super().header(),
-            "kind": LOG_KIND,
-            "percentiles": list(self.percentiles),
-            "training": self.training,
-        }
-
-    @classmethod
-    def load(cls, log_dir: str | os.PathLike) -> ActivationLog:
-        """Read a log written by `ActivationTracker(log_dir=...)` (a torn last record is dropped).
-
-        Raises:
-            FileNotFoundError: if the header or the records file is missing.
-            ValueError: if the header is not an activation log's.
-        """
-        header_path = os.path.join(log_dir, ACTIVATION_HEADER_FILE)
-        records_path = os.path.join(log_dir, ACTIVATION_RECORDS_FILE)
-        for path in (header_path, records_path):
-            if not os.path.exists(path):
-                raise FileNotFoundError(
-                    f"No activation log in `log_dir`={os.fspath(log_dir)!r}: "
-                    f"{os.path.basename(path)} is missing."
-                )
-        header = read_header(header_path)
-        if header.get("kind") != LOG_KIND or "percentiles" not in header:
-            raise ValueError(f"{header_path} is not an ActivationTracker log header.")
-        with open(records_path, "rb") as f:
-            raw = f.read()
-        dtype = header["dtype"]
-        records = np.frombuffer(raw, dtype=dtype, count=len(raw) // dtype.itemsize).copy()
-        return cls(
-            header["fields"],
-            every=header["every"],
-            layers=header["layers"],
-            percentiles=header["percentiles"],
-            training=header.get("training", False),
-            records=records,
-        )
-
-
-# ------------------------------------------------------------------------------ the callback
 class ActivationTracker(keras.callbacks.Callback):
     """Record percentiles of every nonlinearity's input on a fixed probe batch.
 
@@ -386,10 +127,10 @@ class ActivationTracker(keras.callbacks.Callback):
         training: bool = False,
     ):
         super().__init__()
-        self.probe = _check_probe(probe)
-        self.layer_names = _check_layers(layers)
-        self.percentiles = _check_percentiles(percentiles)
-        self.every = _check_every(every)
+        self.probe = check_probe(probe)
+        self.layer_names = check_layers(layers)
+        self.percentiles = check_percentiles(percentiles)
+        self.every = check_every(every)
         if not isinstance(training, bool):
             raise TypeError(f"`training` must be True or False, got {training!r}.")
         self.training = training
@@ -461,35 +202,11 @@ class ActivationTracker(keras.callbacks.Callback):
             )
         return [(key, layer) for key, layer in found if key in self.layer_names]
 
-    def _check_probe_fits(self) -> None:
-        inputs = getattr(self.model, "inputs", None) or []
-        probes = (
-            list(self.probe.values())
-            if isinstance(self.probe, dict)
-            else (self.probe if isinstance(self.probe, list) else [self.probe])
-        )
-        if inputs and len(inputs) == len(probes):
-            for tensor, array in zip(inputs, probes, strict=True):
-                expected = tuple(tensor.shape)[1:]
-                got = array.shape[1:]
-                if len(expected) != len(got) or any(
-                    e is not None and e != g for e, g in zip(expected, got, strict=True)
-                ):
-                    raise ValueError(
-                        f"ActivationTracker: `probe` rows have shape {got}, but model "
-                        f"{self.model.name!r} takes inputs of shape {expected} per row."
-                    )
-        elif inputs:
-            raise ValueError(
-                f"ActivationTracker: `probe` holds {len(probes)} array(s), but model "
-                f"{self.model.name!r} has {len(inputs)} input(s)."
-            )
-
     def _measure(self) -> dict[str, np.ndarray]:
         sync = getattr(self.model, "jax_state_sync", None)
         if sync is not None:  # JAX keeps the live state outside the variables during fit
             sync()
-        with _capturing_inputs(self._tracked) as captured, keras.StatelessScope():
+        with capturing_inputs(self._tracked) as captured, keras.StatelessScope():
             try:
                 self.model(self.probe, training=self.training)
             except Exception as error:  # re-raised naming the argument
@@ -499,45 +216,20 @@ class ActivationTracker(keras.callbacks.Callback):
                 ) from error
         result = {}
         for key, layer in self._tracked:
-            x = keras.ops.convert_to_numpy(captured[key])
-            result[key] = unit_percentiles(x, self.percentiles, _unit_axis(layer, x.ndim))
+            x = to_numpy(captured[key])
+            result[key] = unit_percentiles(x, self.percentiles, unit_axis_of(layer, x.ndim))
         return result
 
     # -- logging
     def _start_log(self, measured: dict[str, np.ndarray]) -> None:
-        fields: list[dict[str, Any]] = [{"name": n, "dtype": d} for n, d in INDEX_FIELDS]
-        for i, (key, _) in enumerate(self._tracked):
-            fields.append(
-                {
-                    "name": f"v{i}",
-                    "layer": key,
-                    "stat": PERCENTILES_STAT,
-                    "dtype": "<f8",
-                    "shape": list(measured[key].shape),
-                }
-            )
-        fields.append({"name": NONFINITE_FIELD, "dtype": "|u1", "shape": [len(self._tracked)]})
-        self._log = ActivationLog(
-            fields,
+        self._log = ActivationLog.for_layers(
+            {key: measured[key].shape for key, _ in self._tracked},
             every=self.every,
-            layers=[key for key, _ in self._tracked],
             percentiles=self.percentiles,
             training=self.training,
         )
         if self.log_dir is not None:
-            try:
-                os.makedirs(self.log_dir, exist_ok=True)
-                header_path = os.path.join(self.log_dir, ACTIVATION_HEADER_FILE)
-                records_path = os.path.join(self.log_dir, ACTIVATION_RECORDS_FILE)
-                # Exclusive creation: a log that appeared since construction is not replaced.
-                self._file = open(records_path, "xb", buffering=0)  # noqa: SIM115 - kept open
-                with open(header_path + ".tmp", "w", encoding="utf-8") as f:
-                    json.dump(self._log.header(), f, indent=1)
-                os.replace(header_path + ".tmp", header_path)
-            except OSError as error:
-                raise OSError(
-                    f"ActivationTracker cannot write its log to `log_dir`={self.log_dir!r}: {error}"
-                ) from error
+            self._file = create_log_files(self.log_dir, self._log)
 
     def _record(self) -> None:
         measured = self._measure()
@@ -579,7 +271,7 @@ class ActivationTracker(keras.callbacks.Callback):
                 f"model {self.model.name!r} has {[k for k, _ in tracked]}. Use a new tracker."
             )
         self._tracked = tracked
-        self._check_probe_fits()
+        check_probe_fits(self.model, self.probe)
         self._first_epoch = None
         self._fit_base_step = self._step
         self._fit_base_epochs = self._epochs_done
@@ -601,7 +293,7 @@ class ActivationTracker(keras.callbacks.Callback):
         previous, self._step = self._step, step
         if self._waiting_for_build:
             self._waiting_for_build = False
-            self._check_probe_fits()
+            check_probe_fits(self.model, self.probe)
             if self._log is None:
                 self._record()
                 return

@@ -9,6 +9,7 @@ import keras
 
 from keras_bn_tools._validation import check_momentum
 from keras_bn_tools.graph import batchnorm_layers
+from keras_bn_tools.layers import MomentumBatchNormalization
 
 __all__ = ["MomentumScheduler"]
 
@@ -64,8 +65,6 @@ class MomentumScheduler(keras.callbacks.Callback):
         self._layers: list[keras.layers.Layer] = []
 
     def on_train_begin(self, logs=None):
-        from keras_bn_tools.layers import MomentumBatchNormalization
-
         found = batchnorm_layers(self.model)
         self._layers = [layer for layer in found if isinstance(layer, MomentumBatchNormalization)]
         if not self._layers:

@@ -1,7 +1,7 @@
 """Change batch renormalization's clipping limits during training.
 
 Batch renormalization (Ioffe, 2017) trains with plain BN first and then
-relaxes the limits of its corrections `r` (to `[1 / rmax, rmax]`) and `d` (to
+relaxes the limits of its corrections `r` (at most `rmax`) and `d` (to
 `[-dmax, dmax]`): in the paper, `rmax = 1, dmax = 0` for the first 5,000
 steps, then `rmax` rises to 3 (reached at 40,000 steps) and `dmax` to 5
 (reached at 25,000 steps). Keras's renorm has fixed limits;
@@ -101,17 +101,19 @@ class PaperRenormSchedule:
         }
 
 
+def _check_limit(name: str, value: Any, minimum: float) -> float:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"`{name}` must be a float, got {value!r} ({type(value).__name__}).")
+    if not math.isfinite(float(value)):
+        raise ValueError(f"`{name}` must be finite, got {value!r}.")
+    if value < minimum:
+        what = "r is clipped to at most rmax" if minimum == 1 else "|d| is clipped to dmax"
+        raise ValueError(f"`{name}` must be >= {minimum:g} ({what}), got {value!r}.")
+    return float(value)
+
+
 def _check_limits(rmax_name: str, dmax_name: str, rmax: Any, dmax: Any) -> tuple[float, float]:
-    for name, value in ((rmax_name, rmax), (dmax_name, dmax)):
-        if isinstance(value, bool) or not isinstance(value, numbers.Real):
-            raise TypeError(f"`{name}` must be a float, got {value!r} ({type(value).__name__}).")
-        if not math.isfinite(float(value)):
-            raise ValueError(f"`{name}` must be finite, got {value!r}.")
-    if rmax < 1:
-        raise ValueError(f"`{rmax_name}` must be >= 1 (r is clipped to [1/rmax, rmax]): {rmax}.")
-    if dmax < 0:
-        raise ValueError(f"`{dmax_name}` must be >= 0 (|d| is clipped to dmax), got {dmax}.")
-    return float(rmax), float(dmax)
+    return _check_limit(rmax_name, rmax, 1.0), _check_limit(dmax_name, dmax, 0.0)
 
 
 class RenormScheduler(keras.callbacks.Callback):
@@ -171,10 +173,11 @@ class RenormScheduler(keras.callbacks.Callback):
         self.history: dict[int, dict[str, float]] = {}
         self._layers: list[MomentumBatchNormalization] = []
         self._step = 0
-        self._current: dict[str, float] | None = None
+        self._current: dict[str, float] = {}
         self._run_schedule = schedule
 
     def _limits(self, step: int) -> dict[str, float] | None:
+        """`schedule(step)`, checked: the limits it sets (one or both), or None."""
         value = self._run_schedule(step)
         if value is None:
             return None
@@ -188,32 +191,32 @@ class RenormScheduler(keras.callbacks.Callback):
             raise ValueError(
                 f"`schedule({step})` returned {dict(value)!r}: keys must be 'rmax' and/or 'dmax'."
             )
-        if "rmax" in value and "dmax" in value:
-            rmax, dmax = value["rmax"], value["dmax"]
-        else:  # a key left out keeps the limit in force
-            current = self._current or self._layers[0].renorm_clipping
-            rmax, dmax = value.get("rmax", current["rmax"]), value.get("dmax", current["dmax"])
-        rmax, dmax = _check_limits(f"schedule({step})['rmax']", f"schedule({step})['dmax']",
-                                   rmax, dmax)  # fmt: skip
-        return {"rmax": rmax, "dmax": dmax}
+        minimum = {"rmax": 1.0, "dmax": 0.0}
+        return {
+            key: _check_limit(f"schedule({step})[{key!r}]", value[key], minimum[key])
+            for key in ("rmax", "dmax")
+            if key in value
+        }
 
     def _apply(self, step: int) -> None:
         limits = self._limits(step)
-        if limits is None or limits == self._current:
+        if limits is None or all(self._current.get(k) == v for k, v in limits.items()):
             return
-        # JAX's fit keeps the live state outside the variables between steps and reads
-        # them again only after a sync: sync first, so the new limits reach the next step.
+        # JAX's fit keeps the live state outside the variables between steps: sync it
+        # into them first, so the assignment below is the state the next step reads.
         sync = getattr(self.model, "jax_state_sync", None)
         if sync is not None:
             sync()
         for layer in self._layers:
-            layer.set_renorm_clipping(rmax=limits["rmax"], dmax=limits["dmax"])
-        self._current = limits
-        self.history[step] = limits
+            layer.set_renorm_clipping(**limits)
+        self._current.update(limits)
+        in_force = self._layers[0].renorm_clipping
+        self.history[step] = {"rmax": in_force["rmax"], "dmax": in_force["dmax"]}
         if self.verbose:
             keras.utils.io_utils.print_msg(
-                f"\nStep {step}: RenormScheduler setting rmax={limits['rmax']:.4g}, "
-                f"dmax={limits['dmax']:.4g}."
+                f"\nStep {step}: RenormScheduler setting "
+                + ", ".join(f"{k}={v:.4g}" for k, v in limits.items())
+                + "."
             )
 
     def on_train_begin(self, logs=None):
@@ -230,6 +233,7 @@ class RenormScheduler(keras.callbacks.Callback):
                 f"(found {len(found)} other BN layer(s))."
             )
         self._run_schedule = self.schedule
+        self._current = {}  # the limits may have been changed by hand since
         if isinstance(self.schedule, PaperRenormSchedule) and self.schedule.total_steps is None:
             steps, epochs = self.params.get("steps"), self.params.get("epochs")
             if not steps or not epochs:

@@ -29,35 +29,73 @@ def no_variables_error(layer: Any) -> ValueError:
 
 
 class KerasCheckpointCompatibility:
-    """`load_own_variables` and `set_weights` that also take Keras BN's variables.
+    """Saving, loading and `set_weights` of a BN layer whose `weights` leave state out.
 
     Mixed into a `keras.layers.BatchNormalization` subclass that implements
-    `keras_variables()` (the BN interface), `_restart_extra_state()` and
-    `_sync_momentum_from_variables()`.
+    `keras_variables()` (the BN interface), `_state_outside_weights()` (the
+    variables that are state, not weights, once built), `_state_since_0_1()` (the
+    variables added since keras-bn-tools 0.1), `_restart_extra_state()`
+    and `_sync_momentum_from_variables()`.
+
+    A layer saves its `weights` only. It loads a store holding its `weights`,
+    only Keras BN's variables (the extra state then starts fresh), or every
+    variable of the former format (all of the layer's variables, the momentum
+    and the last batch's statistics included, as Keras saves a layer by
+    default).
     """
 
-    def load_own_variables(self, store: Any) -> None:
-        """Keras's loading, plus: a store holding only Keras BN's variables loads them
-        with fresh extra state, and an empty store (a Keras-BN checkpoint, keyed by the
-        other class name) raises an error that says how to load it."""
-        if not (self.built and self._load_keras_store(store)):
-            super().load_own_variables(store)
-        if self.built:
-            self._sync_momentum_from_variables()
+    @property
+    def weights(self) -> list[Any]:
+        """Keras's `weights` without the state that is not a weight."""
+        weights = super().weights
+        if not self.built:
+            return weights
+        hidden = {id(variable) for variable in self._state_outside_weights()}
+        return [variable for variable in weights if id(variable) not in hidden]
 
-    def _load_keras_store(self, store: Any) -> bool:
-        """Load a store holding only Keras BN's variables: True if it was one."""
-        keras_variables = list(self.keras_variables().values())
+    def _legacy_variables(self) -> list[Any]:
+        """Every variable, in the order keras-bn-tools 0.1 saved them (Keras's default)."""
+        added = {id(variable) for variable in self._state_since_0_1()}
+        variables = self._trainable_variables + self._non_trainable_variables
+        return [variable for variable in variables if id(variable) not in added]
+
+    def save_own_variables(self, store: Any) -> None:
+        """Save `weights` (the state outside them is transient or in the config)."""
+        for index, variable in enumerate(self.weights):
+            store[f"{index}"] = variable
+
+    def load_own_variables(self, store: Any) -> None:
+        """Load any of the three formats; an empty store (a Keras-BN checkpoint, keyed by
+        the other class name) raises an error that says how to load it.
+
+        Raises:
+            ValueError: on a store of none of the formats (naming the counts).
+        """
+        if not self.built:
+            super().load_own_variables(store)
+            return
         count = len(store.keys())
-        if count == 0 and self.weights:
+        own = self.weights
+        keras_variables = list(self.keras_variables().values())
+        legacy = self._legacy_variables()
+        if count == 0 and own:
             raise no_variables_error(self)
-        if count == len(keras_variables) < len(self.weights):
+        if count == len(keras_variables):
             # Keras BN stores its variables in its `weights` order, which ours keep.
-            for index, variable in enumerate(keras_variables):
-                variable.assign(store[f"{index}"])
+            _assign_all(keras_variables, store)
             self._restart_extra_state()
-            return True
-        return False
+        elif count == len(own):
+            _assign_all(own, store)
+        elif count == len(legacy):
+            _assign_all(legacy, store)
+        else:
+            raise ValueError(
+                f"Layer {self.name!r} ({type(self).__name__}) expected {len(own)} variables "
+                f"(its weights), {len(keras_variables)} (keras.layers.BatchNormalization's) "
+                f"or {len(legacy)} (a checkpoint of keras-bn-tools 0.1), but the file holds "
+                f"{count}."
+            )
+        self._sync_momentum_from_variables()
 
     def set_weights(self, weights: Any) -> None:
         """Set the layer's weights: all of them (`get_weights()` of this class), or
@@ -70,9 +108,10 @@ class KerasCheckpointCompatibility:
             self._sync_momentum_from_variables()
 
     def _set_keras_weights(self, weights: list[Any]) -> bool:
-        """Set Keras BN's arrays: True if `weights` were those (then set)."""
+        """Set Keras BN's arrays: True if `weights` were those (then set, and the state
+        outside them restarted; with default arguments a layer's weights are those)."""
         keras_variables = list(self.keras_variables().values()) if self.built else []
-        if self.built and len(weights) == len(keras_variables) < len(self.weights):
+        if self.built and len(weights) == len(keras_variables):
             for variable, value in zip(keras_variables, weights, strict=True):
                 if tuple(variable.shape) != tuple(np.shape(value)):
                     raise ValueError(
@@ -93,3 +132,8 @@ class KerasCheckpointCompatibility:
                 f"`renorm`), got a list of {len(weights)} arrays."
             )
         return False
+
+
+def _assign_all(variables: list[Any], store: Any) -> None:
+    for index, variable in enumerate(variables):
+        variable.assign(store[f"{index}"])

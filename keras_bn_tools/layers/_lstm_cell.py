@@ -8,11 +8,7 @@ from typing import Any, NamedTuple
 import keras
 from keras import ops
 
-from keras_bn_tools.layers._lstm_config import (
-    LSTMCellConfig,
-    bind_arguments,
-    constructor_signature,
-)
+from keras_bn_tools.layers._lstm_config import LSTMCellConfig
 
 __all__ = ["BatchNormLSTMCell", "Moments", "StepTerms"]
 
@@ -36,9 +32,6 @@ class StepTerms(NamedTuple):
     recurrent_raw: Any  # W_h h_{t-1}
     cell: Any  # BN(c_t) (c_t when the cell state is not normalized)
     moments: dict[str, Moments]  # the statistics each term was normalized with
-
-
-_SIGNATURE = constructor_signature()
 
 
 @keras.saving.register_keras_serializable(package="keras_bn_tools")
@@ -107,10 +100,36 @@ class BatchNormLSTMCell(keras.layers.Layer):
     ```
     """
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        arguments, base = bind_arguments(_SIGNATURE, args, kwargs)
-        config = LSTMCellConfig(**arguments)
-        super().__init__(**base)
+    def __init__(
+        self,
+        units: int,
+        activation: Any = "tanh",
+        recurrent_activation: Any = "sigmoid",
+        use_bias: bool = True,
+        kernel_initializer: Any = "glorot_uniform",
+        recurrent_initializer: Any = "orthogonal",
+        bias_initializer: Any = "zeros",
+        unit_forget_bias: bool = True,
+        gamma_initializer: Any = 0.1,
+        cell_gamma_initializer: Any = "ones",
+        cell_beta_initializer: Any = "zeros",
+        normalize_cell: bool = True,
+        momentum: float = 0.99,
+        epsilon: float = 1e-3,
+        max_timesteps: int | None = None,
+        kernel_regularizer: Any = None,
+        recurrent_regularizer: Any = None,
+        bias_regularizer: Any = None,
+        kernel_constraint: Any = None,
+        recurrent_constraint: Any = None,
+        bias_constraint: Any = None,
+        dropout: float = 0.0,
+        recurrent_dropout: float = 0.0,
+        seed: int | None = None,
+        **kwargs: Any,
+    ) -> None:
+        config = LSTMCellConfig.from_arguments(locals())  # checks every argument
+        super().__init__(**kwargs)
         self.config = config
         self.seed_generator = keras.random.SeedGenerator(seed=config.seed)
         self.state_size = [config.units, config.units]
@@ -318,4 +337,3 @@ for _name in LSTMCellConfig.names():
     if _name != "max_timesteps":
         setattr(BatchNormLSTMCell, _name, config_property(_name, lambda cell: cell.config))
 del _name
-BatchNormLSTMCell.__init__.__signature__ = _SIGNATURE

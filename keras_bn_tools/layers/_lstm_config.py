@@ -1,9 +1,11 @@
 """The arguments of a recurrently batch-normalized LSTM cell, in one place.
 
 `LSTMCellConfig` is the single list of `BatchNormLSTMCell`'s arguments: their defaults, their
-checks, how they serialize (`get_config`), which of them are normalization options (the ones
-`keras.layers.LSTM` does not have) and the constructor signatures of the cell and of
-`BatchNormLSTM`, which are built from it.
+checks, how they serialize (`get_config`) and which of them are normalization options (the
+ones `keras.layers.LSTM` does not have). The constructors of the cell and of `BatchNormLSTM`
+spell the arguments out in their signatures, for IDEs, type checkers and the API reference,
+and hand them over as `LSTMCellConfig.from_arguments(locals())`; a test checks that their
+signatures and defaults are the config's.
 """
 
 # ruff: noqa: RUF009 - `_field` and `_required` return `dataclasses.field(...)`, not a default
@@ -11,8 +13,8 @@ checks, how they serialize (`get_config`), which of them are normalization optio
 from __future__ import annotations
 
 import dataclasses
-import inspect
 import numbers
+from collections.abc import Mapping
 from typing import Any
 
 import keras
@@ -24,7 +26,7 @@ from keras_bn_tools._validation import (
     check_probability,
 )
 
-__all__ = ["LSTMCellConfig", "bind_arguments", "constructor_signature"]
+__all__ = ["LSTMCellConfig"]
 
 # Field metadata: a normalization option (absent from keras.layers.LSTM) and how a value is
 # resolved and serialized.
@@ -118,6 +120,12 @@ class LSTMCellConfig:
             if normalization is None or field.metadata.get("normalization", False) == normalization
         )
 
+    @classmethod
+    def from_arguments(cls, arguments: Mapping[str, Any]) -> LSTMCellConfig:
+        """The config of the cell arguments among `arguments` (e.g. a constructor's
+        `locals()`); other names are ignored."""
+        return cls(**{name: arguments[name] for name in cls.names() if name in arguments})
+
     def replace(self, **changes: Any) -> LSTMCellConfig:
         """A copy with `changes` applied (and checked)."""
         return dataclasses.replace(self, **changes)
@@ -130,48 +138,3 @@ class LSTMCellConfig:
             value = getattr(self, field.name)
             config[field.name] = value if serialize is None else serialize(value)
         return config
-
-
-def constructor_signature(
-    *,
-    after: tuple[tuple[str, Any], ...] = (),
-    insert: dict[str, tuple[str, Any]] | None = None,
-) -> inspect.Signature:
-    """`(self, <cell arguments>, <after>, **kwargs)`: the signature of a constructor that takes
-    the cell's arguments, positionally or by keyword, as `keras.layers.LSTM` does.
-
-    Args:
-        after: `(name, default)` pairs appended after the cell's arguments.
-        insert: `{existing_name: (name, default)}` to insert an argument right after one of the
-            cell's (as `keras.layers.LSTM` puts `activity_regularizer` after
-            `bias_regularizer`).
-    """
-    kind = inspect.Parameter.POSITIONAL_OR_KEYWORD
-    parameters = [inspect.Parameter("self", kind)]
-    for field in dataclasses.fields(LSTMCellConfig):
-        parameters.append(inspect.Parameter(field.name, kind, default=_default(field)))
-        if insert and field.name in insert:
-            name, value = insert[field.name]
-            parameters.append(inspect.Parameter(name, kind, default=value))
-    parameters += [inspect.Parameter(name, kind, default=value) for name, value in after]
-    parameters.append(inspect.Parameter("kwargs", inspect.Parameter.VAR_KEYWORD))
-    return inspect.Signature(parameters)
-
-
-def _default(field: dataclasses.Field) -> Any:
-    return inspect.Parameter.empty if field.default is dataclasses.MISSING else field.default
-
-
-def bind_arguments(
-    signature: inspect.Signature, args: tuple, kwargs: dict
-) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Binds a constructor call: `(named arguments with defaults, remaining **kwargs)`.
-
-    Raises `TypeError` as Python does for a call that does not fit `signature`.
-    """
-    bound = signature.bind(None, *args, **kwargs)
-    bound.apply_defaults()
-    arguments = dict(bound.arguments)
-    arguments.pop("self")
-    rest = arguments.pop("kwargs")
-    return arguments, rest

@@ -77,6 +77,15 @@ class MovingStatistics:
             )
             self.correction = state("bias_correction", "zeros")
 
+    def state_outside_weights(self, momentum: float | None) -> list[Any]:
+        """The variables that are layer state but not weights (see the layer's docstring):
+        the momentum, the last batch's statistics, and the counter unless the average
+        depends on it (`momentum=None` or debias)."""
+        hidden = [*self.momentum_variables, self.batch_mean, self.batch_variance]
+        if momentum is not None and self.accumulators is None:
+            hidden.append(self.count)
+        return hidden
+
     # -- momentum
 
     def check_attached(self, what: str) -> None:
@@ -156,6 +165,10 @@ class MovingStatistics:
             self.accumulators[1].assign(second * correction)
         if count is not None:
             self.count.assign(count)
+        elif self.layer.momentum is None:
+            # Written statistics are history: at least one batch's worth, so that the
+            # next batch is averaged with them instead of replacing them.
+            self.count.assign(ops.maximum(self.count.value, 1))
 
     def reset(self) -> None:
         """Every moving statistic back to its initial value, no batch counted."""

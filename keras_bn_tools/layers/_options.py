@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import keras
+
 from keras_bn_tools._validation import (
     check_axis,
     check_bool,
@@ -16,7 +18,7 @@ from keras_bn_tools._validation import (
 )
 from keras_bn_tools.layers.conversion import constructor_arguments
 
-__all__ = ["check_input_shape", "check_options", "dropped_options"]
+__all__ = ["check_input_shape", "check_options", "check_synchronized", "dropped_options"]
 
 _FLAGS = ("center", "scale", "renorm", "synchronized", "debias", "skip_nonfinite")
 
@@ -31,6 +33,8 @@ def check_options(options: dict[str, Any]) -> dict[str, Any]:
     checked["axis"] = check_axis("axis", options["axis"])
     for name in _FLAGS:
         checked[name] = check_bool(name, options[name])
+    if checked["synchronized"]:
+        check_synchronized()
     checked["momentum"] = check_momentum("momentum", options["momentum"])
     checked["epsilon"] = check_epsilon("epsilon", options["epsilon"])
     checked["renorm_clipping"] = check_renorm_clipping(
@@ -43,6 +47,35 @@ def check_options(options: dict[str, Any]) -> dict[str, Any]:
         "virtual_batch_size", options["virtual_batch_size"], allow_none=True
     )
     return checked
+
+
+def check_synchronized() -> None:
+    """Refuse `synchronized=True` where the batch statistics would not be the global batch's.
+
+    TensorFlow reduces them across `tf.distribute` replicas. On JAX, a batch
+    sharded by an active `keras.distribution` (DataParallel, or ModelParallel
+    with a batch axis) is reduced by XLA across devices, so the statistics are
+    global: that is what `synchronized=True` asks for.
+    """
+    backend = keras.backend.backend()
+    if backend == "tensorflow":
+        return
+    if backend == "jax":
+        if keras.distribution.distribution() is not None:
+            return
+        raise ValueError(
+            "`synchronized=True` on the JAX backend needs an active keras.distribution "
+            "data-parallel distribution (e.g. `keras.distribution.set_distribution("
+            "keras.distribution.DataParallel())` before building the model): the batch "
+            "statistics are then the global batch's; or the TensorFlow backend with a "
+            "tf.distribute strategy. Without one, JAX trains on one device and there is "
+            "nothing to synchronize: use `synchronized=False`."
+        )
+    raise ValueError(
+        f"`synchronized=True` is not supported on the {backend} backend. Use the "
+        "TensorFlow backend with a tf.distribute strategy, or JAX with "
+        "`keras.distribution.DataParallel`, for batch statistics over all devices."
+    )
 
 
 def check_input_shape(layer: Any, input_shape: tuple[int | None, ...]) -> int:

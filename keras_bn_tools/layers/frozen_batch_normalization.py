@@ -17,17 +17,16 @@ from collections.abc import Mapping
 from typing import Any
 
 import keras
-import numpy as np
 from keras import ops
 
 from keras_bn_tools._validation import check_axis, check_bool, check_epsilon
+from keras_bn_tools.layers.conversion import copy_batchnorm
 from keras_bn_tools.layers.interface import (
+    BatchNormReads,
     as_batchnorm,
     assign_keras_variables,
     checked_statistics,
-    keras_variables_of,
 )
-from keras_bn_tools.ops import affine_from_statistics, to_numpy
 
 __all__ = ["FrozenBatchNormalization"]
 
@@ -50,7 +49,7 @@ _SHARED_ARGUMENTS = (
 
 
 @keras.saving.register_keras_serializable(package="keras_bn_tools")
-class FrozenBatchNormalization(keras.layers.Layer):
+class FrozenBatchNormalization(BatchNormReads, keras.layers.Layer):
     """Batch normalization frozen to its inference map, in every mode.
 
     `outputs = gamma * (inputs - moving_mean) / sqrt(moving_variance + epsilon) + beta`,
@@ -227,18 +226,9 @@ class FrozenBatchNormalization(keras.layers.Layer):
         """
         train_affine = check_bool("train_affine", train_affine)
         bn = as_batchnorm(layer)
-        source = layer.get_config()
-        config = {key: source[key] for key in _SHARED_ARGUMENTS if key in source}
-        config.update(axis=bn.channel_axis, epsilon=bn.epsilon, train_affine=train_affine)
-        for key in ("name", "dtype"):
-            config[key] = source[key]
-        frozen = cls.from_config(config)
-        if layer.built:
-            frozen.build_from_config(layer.get_build_config())
-            frozen.set_keras_variables(
-                {name: to_numpy(value) for name, value in bn.keras_variables().items()}
-            )
-        return frozen
+        # `layer`'s `trainable` flag is not copied: the copy keeps the default (True).
+        overrides = {"axis": bn.channel_axis, "epsilon": bn.epsilon, "trainable": True}
+        return copy_batchnorm(layer, cls, {**overrides, "train_affine": train_affine})
 
     def to_batchnorm(
         self, to: type[keras.layers.Layer] = keras.layers.BatchNormalization
@@ -255,28 +245,19 @@ class FrozenBatchNormalization(keras.layers.Layer):
                 "`to` must be keras.layers.BatchNormalization or a subclass of it (e.g. "
                 f"keras_bn_tools.layers.MomentumBatchNormalization), got {to!r}."
             )
-        config = self.get_config()
-        config = {key: config[key] for key in (*_SHARED_ARGUMENTS, "name", "dtype")}
-        layer = to.from_config(config)
-        if self.built:
-            layer.build_from_config(self.get_build_config())
-            variables = {name: to_numpy(value) for name, value in self.keras_variables().items()}
-            as_batchnorm(layer).set_keras_variables(variables)
-        return layer
+        return copy_batchnorm(self, to, {"trainable": True})
 
     # ------------------------------------------------------------------ BN interface
+    # (channel_axis, moving_statistics, affine_parameters, inference_affine, keras_variables
+    # and training_moments read the Keras BN variables this layer shares: BatchNormReads.)
 
-    @property
-    def channel_axis(self) -> int:
-        return self.axis
+    def _batchnorm_layer(self) -> FrozenBatchNormalization:
+        return self
 
     @property
     def training_is_plain(self) -> bool:
         """False: a training-mode call computes the inference map."""
         return False
-
-    def moving_statistics(self) -> tuple[np.ndarray, np.ndarray]:
-        return to_numpy(self.moving_mean), to_numpy(self.moving_variance)
 
     def set_moving_statistics(self, mean: Any, variance: Any, *, count: int | None = None) -> None:
         """Write the frozen statistics (`count` is ignored: they are not an average)."""
@@ -284,19 +265,6 @@ class FrozenBatchNormalization(keras.layers.Layer):
         mean, variance = checked_statistics(self, mean, variance)
         self.moving_mean.assign(mean)
         self.moving_variance.assign(variance)
-
-    def affine_parameters(self) -> tuple[np.ndarray | None, np.ndarray | None]:
-        gamma = to_numpy(self.gamma) if self.scale else None
-        beta = to_numpy(self.beta) if self.center else None
-        return gamma, beta
-
-    def inference_affine(self) -> tuple[np.ndarray, np.ndarray]:
-        return affine_from_statistics(
-            *self.moving_statistics(), self.epsilon, *self.affine_parameters()
-        )
-
-    def keras_variables(self) -> dict[str, keras.Variable]:
-        return keras_variables_of(self)
 
     def statistic_variables(self) -> dict[str, keras.Variable]:
         return self.keras_variables()

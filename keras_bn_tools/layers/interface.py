@@ -91,7 +91,9 @@ class BatchNormInterface(Protocol):
         """Write the moving statistics, keeping any derived state consistent.
 
         `count`: how many batches the statistics stand for (a layer keeping a
-        cumulative average continues from it); None keeps the layer's count.
+        cumulative average continues from it, e.g. a recalibration passes its
+        number of batches); None lets the layer decide (a cumulative
+        `MomentumBatchNormalization` counts them as at least one batch).
         """
         ...
 
@@ -117,11 +119,6 @@ class BatchNormInterface(Protocol):
 
     def last_batch_statistics(self) -> tuple[Any, Any] | None:
         """`(mean, variance)` tensors the last training call used, or None if not kept."""
-        ...
-
-    def training_moments(self, inputs: Any, mask: Any = None) -> tuple[Any, Any]:
-        """The per-feature `(mean, variance)` a training-mode call on `inputs` would
-        average into the moving statistics (ghost batches pooled), without any update."""
         ...
 
     def dropped_options(self, target: type) -> dict[str, Any]:

@@ -27,8 +27,9 @@ from keras_bn_tools.layers._ghost import ghost_batch_normalization
 from keras_bn_tools.layers._momentum_interface import MomentumInterface
 from keras_bn_tools.layers._moving_statistics import MovingStatistics
 from keras_bn_tools.layers._options import check_input_shape, check_options
-from keras_bn_tools.layers._renorm import renorm_affine
+from keras_bn_tools.layers._renorm import ClippingLimits, ScheduledClipping, renorm_affine
 from keras_bn_tools.layers.conversion import copy_batchnorm
+from keras_bn_tools.layers.distribute import ReplicaMeanState
 from keras_bn_tools.layers.interface import (
     checked_statistics,
 )
@@ -39,7 +40,11 @@ __all__ = ["MomentumBatchNormalization"]
 
 @keras.saving.register_keras_serializable(package="keras_bn_tools")
 class MomentumBatchNormalization(
-    KerasCheckpointCompatibility, MomentumInterface, keras.layers.BatchNormalization
+    KerasCheckpointCompatibility,
+    MomentumInterface,
+    ReplicaMeanState,
+    ScheduledClipping,
+    keras.layers.BatchNormalization,
 ):
     """Batch normalization with a schedulable momentum and experiment options.
 
@@ -66,6 +71,22 @@ class MomentumBatchNormalization(
     epoch boundary (e.g. `on_epoch_begin`) or call `self.model.jax_state_sync()`
     in the callback before assigning.
 
+    Weights and state: `weights` (so `get_weights`, `set_weights`,
+    `count_params`, `summary` and saved files) holds what
+    `keras.layers.BatchNormalization` holds, plus what a feature needs to
+    resume: `num_batches_tracked` with `momentum=None` or `debias`, and the
+    debias accumulators. The momentum, the renorm clipping limits, the last
+    batch's statistics (and otherwise the counter) are layer state outside
+    `weights`, as a `SeedGenerator`'s state is: listed in `variables`, so a
+    compiled step reads them as inputs and assigning one needs no retracing,
+    but neither counted as parameters nor saved (the momentum and the limits
+    are in the config). Keras has no public "not a weight" flag; a variable
+    kept out of Keras's tracking instead is read as a constant by a
+    JAX-compiled step (measured: an assignment is then ignored until a
+    retrace), and one held by a `keras.metrics.Metric` is reset by
+    `reset_metrics()` and listed in `model.metrics`. Checkpoints that hold
+    every variable (keras-bn-tools 0.1) or only Keras BN's still load.
+
     Args:
         axis: the feature axis (an integer; negative counts from the end).
         momentum: float in [0, 1], or None for a cumulative average.
@@ -90,12 +111,18 @@ class MomentumBatchNormalization(
             the inference statistics track the mean and the standard deviation
             with `momentum` (`moving_variance = relu(moving_stddev**2 - epsilon)`).
         renorm_clipping: dict with optional keys `"rmax"`, `"rmin"`, `"dmax"`
-            (missing ones mean no clipping on that side): finite,
-            `0 <= rmin <= 1 <= rmax`, `dmax >= 0`. Only with `renorm=True`.
+            (missing: no clipping on that side): finite, `0 <= rmin <= 1 <= rmax`,
+            `dmax >= 0`; only with `renorm=True`. `rmax`/`dmax` can change during
+            training without retracing (`set_renorm_clipping`).
         renorm_momentum: momentum of the renorm statistics, in [0, 1].
-        synchronized: TensorFlow only: compute the batch statistics over all
-            replicas of a `tf.distribute` strategy (not for ghost batches,
-            whose statistics are per replica).
+        synchronized: batch statistics over all devices: across the replicas
+            of a `tf.distribute` strategy (TensorFlow; not for ghost batches,
+            whose statistics are per replica), or under an active
+            `keras.distribution` (JAX, where a sharded batch's statistics are
+            global anyway). Refused elsewhere. Without it, under
+            `MirroredStrategy` each replica normalizes with its own slice and
+            the moving statistics are the average of the replicas' updates
+            (Keras's BN keeps replica 0's); see `sync_replica_statistics`.
         debias: keep bias-corrected moving averages: the raw EMA starts from
             zero and `moving_mean`/`moving_variance` hold
             `EMA / (1 - prod(momenta))` (`1 - momentum**t` for a constant
@@ -103,14 +130,11 @@ class MomentumBatchNormalization(
             step they equal that batch's statistics). The correction
             `1 - prod(momenta)` is kept as the same moving average of ones
             (no cancellation for a momentum close to 1).
-        virtual_batch_size: ghost batch normalization: in training, the batch
-            is split into consecutive groups of `virtual_batch_size` samples,
-            each normalized with its own statistics; a last, smaller group
-            (batch size not divisible) is normalized with its own statistics.
-            The moving statistics are updated once per step with the
-            sample-weighted average of the group means and of the group
-            (within-group) variances, i.e. the full-batch mean and the pooled
-            within-group variance. Inference never depends on it.
+        virtual_batch_size: ghost batch normalization: in training, each group of
+            `virtual_batch_size` consecutive samples (a smaller last one included)
+            is normalized with its own statistics; the moving statistics take the
+            full-batch mean and the pooled within-group variance once per step.
+            Inference never depends on it.
         skip_nonfinite: when the batch statistics hold a NaN or an infinity,
             leave the moving statistics (and the counters, renorm and debias
             state) untouched for that step.
@@ -174,14 +198,15 @@ class MomentumBatchNormalization(
             gamma_regularizer=gamma_regularizer,
             beta_constraint=beta_constraint,
             gamma_constraint=gamma_constraint,
-            synchronized=options["synchronized"],
+            # Keras refuses synchronized=True outside TensorFlow; see check_synchronized.
+            synchronized=options["synchronized"] and keras.backend.backend() == "tensorflow",
             **kwargs,
         )
+        self.synchronized = options["synchronized"]
         self.momentum = options["momentum"]
-        for name in ("renorm", "renorm_clipping", "renorm_momentum", "debias"):
+        for name in ("renorm", "renorm_momentum", "debias", "virtual_batch_size", "skip_nonfinite"):
             setattr(self, name, options[name])
-        self.virtual_batch_size = options["virtual_batch_size"]
-        self.skip_nonfinite = options["skip_nonfinite"]
+        self._clipping = ClippingLimits(options["renorm_clipping"]) if self.renorm else None
         self.batch_mean = self.batch_variance = self.num_batches_tracked = None
 
     # ------------------------------------------------------------------ momentum
@@ -203,6 +228,12 @@ class MomentumBatchNormalization(
             statistics.assign_momentum(value)
         self._momentum_value = value
 
+    def _state_outside_weights(self) -> list[keras.Variable]:
+        return [*self._statistics.state_outside_weights(self.momentum), *self._state_since_0_1()]
+
+    def _state_since_0_1(self) -> list[keras.Variable]:
+        return [] if self._clipping is None else list(self._clipping.variables.values())
+
     def _check_attached(self, what: str) -> None:
         self._statistics.check_attached(what)
 
@@ -215,20 +246,6 @@ class MomentumBatchNormalization(
 
     # ------------------------------------------------------------------- build
 
-    def add_weight(self, *args: Any, **kwargs: Any) -> keras.Variable:
-        """Keras's `add_weight`; non-trainable state is averaged across replicas.
-
-        Under `tf.distribute` without `synchronized=True`, each replica's update
-        of a non-trainable variable (Keras's moving statistics included) is
-        averaged (`"mean"`, as in tf.keras 2; integers take the first replica's)
-        so the replicas' copies stay equal. Outside a strategy nothing changes.
-        """
-        if not kwargs.get("trainable", True) and kwargs.get("aggregation", "none") == "none":
-            dtype = keras.backend.standardize_dtype(kwargs.get("dtype") or self.variable_dtype)
-            integer = "int" in dtype
-            kwargs["aggregation"] = "only_first_replica" if integer else "mean"
-        return super().add_weight(*args, **kwargs)
-
     def build(self, input_shape: tuple[int | None, ...]) -> None:
         input_shape = tuple(input_shape)
         self._feature_axis = check_input_shape(self, input_shape)
@@ -237,6 +254,8 @@ class MomentumBatchNormalization(
         self.num_batches_tracked = self._statistics.count
         self.batch_mean = self._statistics.batch_mean
         self.batch_variance = self._statistics.batch_variance
+        if self._clipping is not None:
+            self._clipping.build(self.add_weight)
 
     # -------------------------------------------------------------------- call
 
@@ -282,7 +301,7 @@ class MomentumBatchNormalization(
             renorm_mean=self.renorm_mean,
             renorm_stddev=self.renorm_stddev,
             epsilon=self.epsilon,
-            clipping=self.renorm_clipping,
+            clipping=self._clipping.tensors(),
         )
 
     # ------------------------------------------------------------------- state
@@ -302,9 +321,12 @@ class MomentumBatchNormalization(
             mean: per-feature means, shape `(features,)` (a scalar is broadcast).
             variance: per-feature variances, shape `(features,)`, finite and >= 0.
             count: how many batches the new statistics stand for:
-                `num_batches_tracked` becomes `count`, so that a cumulative
-                average (`momentum=None`) continues from them. None keeps the
-                current count.
+                `num_batches_tracked` becomes `count`, and a cumulative average
+                (`momentum=None`) continues from them as from the average of
+                `count` batches (0: the next batch replaces them). None keeps
+                the current count, but with `momentum=None` at least 1: set
+                statistics (e.g. a recalibration's) count as history, never
+                silently dropped by the next training batch.
 
         Raises:
             ValueError: if the layer is not built yet, or `mean` / `variance`
@@ -359,9 +381,7 @@ class MomentumBatchNormalization(
             {
                 "momentum": self.momentum,
                 "renorm": self.renorm,
-                "renorm_clipping": (
-                    None if self.renorm_clipping is None else dict(self.renorm_clipping)
-                ),
+                "renorm_clipping": None if self._clipping is None else dict(self._clipping.config),
                 "renorm_momentum": self.renorm_momentum,
                 "debias": self.debias,
                 "virtual_batch_size": self.virtual_batch_size,

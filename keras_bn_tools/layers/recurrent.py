@@ -30,33 +30,20 @@ import keras
 from keras import ops
 
 from keras_bn_tools.layers._lstm_cell import BatchNormLSTMCell, config_property
-from keras_bn_tools.layers._lstm_config import (
-    LSTMCellConfig,
-    bind_arguments,
-    constructor_signature,
-)
+from keras_bn_tools.layers._lstm_config import LSTMCellConfig
 from keras_bn_tools.layers._lstm_loop import run_sequence, trace_sequence
 
 __all__ = ["BatchNormLSTM", "BatchNormLSTMCell"]
 
-# The keras.layers.RNN arguments BatchNormLSTM takes, with their defaults.
-_RNN_ARGUMENTS = (
-    ("return_sequences", False),
-    ("return_state", False),
-    ("go_backwards", False),
-    ("stateful", False),
-    ("unroll", False),
-)
-_SIGNATURE = constructor_signature(
-    insert={"bias_regularizer": ("activity_regularizer", None)}, after=_RNN_ARGUMENTS
-)
+# The keras.layers.RNN arguments of BatchNormLSTM's constructor.
+_RNN_ARGUMENTS = ("return_sequences", "return_state", "go_backwards", "stateful", "unroll")
 
 # keras.layers.LSTM arguments that from_lstm carries over: the cell's less the normalization
 # options, and the RNN layer's.
 _LSTM_ARGUMENTS = (
     *LSTMCellConfig.names(normalization=False),
     "activity_regularizer",
-    *(name for name, _ in _RNN_ARGUMENTS),
+    *_RNN_ARGUMENTS,
     "zero_output_for_mask",
     "trainable",
     "dtype",
@@ -136,17 +123,53 @@ class BatchNormLSTM(keras.layers.RNN):
         ICLR 2017 (arXiv:1603.09025).
     """
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        arguments, base = bind_arguments(_SIGNATURE, args, kwargs)
-        rnn_arguments = {name: arguments.pop(name) for name, _ in _RNN_ARGUMENTS}
-        activity_regularizer = arguments.pop("activity_regularizer")
+    def __init__(
+        self,
+        units: int,
+        activation: Any = "tanh",
+        recurrent_activation: Any = "sigmoid",
+        use_bias: bool = True,
+        kernel_initializer: Any = "glorot_uniform",
+        recurrent_initializer: Any = "orthogonal",
+        bias_initializer: Any = "zeros",
+        unit_forget_bias: bool = True,
+        gamma_initializer: Any = 0.1,
+        cell_gamma_initializer: Any = "ones",
+        cell_beta_initializer: Any = "zeros",
+        normalize_cell: bool = True,
+        momentum: float = 0.99,
+        epsilon: float = 1e-3,
+        max_timesteps: int | None = None,
+        kernel_regularizer: Any = None,
+        recurrent_regularizer: Any = None,
+        bias_regularizer: Any = None,
+        activity_regularizer: Any = None,
+        kernel_constraint: Any = None,
+        recurrent_constraint: Any = None,
+        bias_constraint: Any = None,
+        dropout: float = 0.0,
+        recurrent_dropout: float = 0.0,
+        seed: int | None = None,
+        return_sequences: bool = False,
+        return_state: bool = False,
+        go_backwards: bool = False,
+        stateful: bool = False,
+        unroll: bool = False,
+        **kwargs: Any,
+    ) -> None:
+        arguments = locals()
         cell = BatchNormLSTMCell(
-            **arguments,
-            dtype=base.get("dtype"),
-            trainable=base.get("trainable", True),
+            **{name: arguments[name] for name in LSTMCellConfig.names()},  # checked there
+            dtype=kwargs.get("dtype"),
+            trainable=kwargs.get("trainable", True),
             name="batch_norm_lstm_cell",
         )
-        super().__init__(cell, activity_regularizer=activity_regularizer, **rnn_arguments, **base)
+        super().__init__(
+            cell,
+            activity_regularizer=activity_regularizer,
+            **{name: arguments[name] for name in _RNN_ARGUMENTS},
+            **kwargs,
+        )
 
     @classmethod
     def from_lstm(cls, lstm: keras.layers.LSTM, **bn_kwargs: Any) -> BatchNormLSTM:
@@ -249,4 +272,3 @@ class BatchNormLSTM(keras.layers.RNN):
 for _name in LSTMCellConfig.names():
     setattr(BatchNormLSTM, _name, config_property(_name, lambda layer: layer.cell.config))
 del _name
-BatchNormLSTM.__init__.__signature__ = _SIGNATURE

@@ -33,7 +33,11 @@ _LAZY_ATTRIBUTES = {
 }
 #: The built-in protocols' modules (from the one registry) and the study machinery.
 _LAZY_SUBMODULES = {
-    *BUILTIN.values(),
+    *(
+        target.partition(":")[0].rpartition(".")[2]
+        for target in BUILTIN.values()
+        if target.startswith(f"{__name__}.")
+    ),
     "engines",
     "experiments",
     "metrics",

@@ -1,29 +1,31 @@
-"""The built-in protocols, listed once.
+"""The built-in protocols, listed once: in the package metadata.
 
-`BUILTIN` maps each built-in protocol's name to the module that defines it
-as `PROTOCOL`. Everything that knows the built-in protocols reads it:
-`PROTOCOLS` (below), the lazy submodules of `keras_bn_tools.studies` and the
-command line's subcommands. A new built-in protocol is one module plus one
-line here. Nothing here imports Keras: `--help` stays light.
+`pyproject.toml` lists each built-in protocol as an entry point of the group
+`keras_bn_tools.protocols` (`name = "module:PROTOCOL"`). `BUILTIN` reads that
+group; everything that knows the built-in protocols reads `BUILTIN` (`PROTOCOLS`
+below, the lazy submodules of `keras_bn_tools.studies`), and the command line's
+front (`keras_bn_tools_cli`) reads the same group without importing the package,
+so `--help` lists them without loading Keras. A new built-in protocol is one
+module plus one line in `pyproject.toml` (then reinstall: the metadata is built
+at install time).
 """
 
 from __future__ import annotations
 
 import importlib
 from collections.abc import Iterator, Mapping
+from importlib.metadata import entry_points
 
 from keras_bn_tools.studies.protocol import Protocol
 
-__all__ = ["BUILTIN", "PROTOCOLS", "resolve_protocol"]
+__all__ = ["BUILTIN", "ENTRY_POINT_GROUP", "PROTOCOLS", "resolve_protocol"]
 
-#: Built-in protocol name -> the module (in `keras_bn_tools.studies`) defining `PROTOCOL`.
+#: The entry-point group that lists the built-in protocols (`pyproject.toml`).
+ENTRY_POINT_GROUP = "keras_bn_tools.protocols"
+
+#: Built-in protocol name -> "module:attribute" of its `Protocol`, from the metadata.
 BUILTIN: dict[str, str] = {
-    "circles": "circles",
-    "digits": "digits",
-    "sequence": "sequence",
-    "diabetes": "diabetes",
-    "sigmoid-mlp": "sigmoid_mlp",
-    "small-batch": "small_batch",
+    entry.name: entry.value for entry in entry_points(group=ENTRY_POINT_GROUP)
 }
 
 
@@ -33,7 +35,8 @@ class _BuiltinProtocols(Mapping):
     def __getitem__(self, name: str) -> Protocol:
         if name not in BUILTIN:
             raise KeyError(name)
-        return importlib.import_module(f"keras_bn_tools.studies.{BUILTIN[name]}").PROTOCOL
+        module, _, attribute = BUILTIN[name].partition(":")
+        return getattr(importlib.import_module(module), attribute)
 
     def __iter__(self) -> Iterator[str]:
         return iter(BUILTIN)

@@ -199,13 +199,15 @@ def training_mode_accuracy(
     """
     import keras
 
+    from keras_bn_tools.ops import to_numpy
+
     rows = (len(x) // batch_size) * batch_size
     correct = {True: 0, False: 0}
     with keras.StatelessScope():
         for start in range(0, rows, batch_size):
             batch = x[start : start + batch_size]
             for training in (True, False):
-                probabilities = keras.ops.convert_to_numpy(model(batch, training=training))
+                probabilities = to_numpy(model(batch, training=training))
                 predicted = probabilities.argmax(axis=-1)
                 correct[training] += int((predicted == y[start : start + batch_size]).sum())
     return correct[True] / rows, correct[False] / rows

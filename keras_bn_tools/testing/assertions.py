@@ -13,9 +13,11 @@ from typing import Any
 import keras
 import numpy as np
 
+from keras_bn_tools.ops import to_numpy
+from keras_bn_tools.testing._normalization_check import NormalizationCheck, fmt, ratio
+from keras_bn_tools.testing._subject import Subject, read_subject
 from keras_bn_tools.testing.reference import (
     normalize_axes,
-    reference_batchnorm,
     reference_moments,
     reference_moving_statistics,
 )
@@ -38,49 +40,15 @@ def default_tolerances(dtype: Any) -> tuple[float, float]:
     return _TOLERANCES.get(name, _TOLERANCES["float32"])
 
 
-def _numpy(value: Any) -> np.ndarray | None:
-    if value is None:
-        return None
-    return np.asarray(keras.ops.convert_to_numpy(value), dtype=np.float64)
-
-
-def _layer_name(layer: Any) -> str:
-    name = getattr(layer, "name", None)
-    return f"{type(layer).__name__} {name!r}" if name else type(layer).__name__
-
-
-def _layer_axis(layer: Any, axis: int | Sequence[int] | None) -> int | Sequence[int]:
+def _layer_axis(subject: Subject, axis: int | Sequence[int] | None) -> int | Sequence[int]:
     if axis is not None:
         return axis
-    layer_axis = getattr(layer, "axis", None)
+    layer_axis = subject.axis
     if isinstance(layer_axis, (int, np.integer)) or (
         isinstance(layer_axis, (list, tuple)) and layer_axis
     ):
         return layer_axis
     return -1
-
-
-def _fmt(value: float) -> str:
-    return f"{value:.6g}"
-
-
-def _feature_index(flat_index: int, shape: tuple[int, ...]) -> Any:
-    index = np.unravel_index(flat_index, shape)
-    return int(index[0]) if len(index) == 1 else tuple(int(i) for i in index)
-
-
-def _ratio(error: np.ndarray, tol: np.ndarray) -> np.ndarray:
-    """`error / tol`, with a zero tolerance (atol=rtol=0) meaning exact: inf for any error."""
-    with np.errstate(divide="ignore", invalid="ignore"):
-        return np.where(tol > 0, error / tol, np.where(error > 0, np.inf, 0.0))
-
-
-def _as_features_last(values: np.ndarray, axes: tuple[int, ...]) -> np.ndarray:
-    """`values` as `(reduced, features)`: the feature axes moved last and flattened."""
-    reduce = [i for i in range(values.ndim) if i not in axes]
-    moved = np.transpose(values, [*reduce, *axes])
-    features = int(np.prod([values.shape[i] for i in axes]))
-    return moved.reshape(-1, features)
 
 
 def assert_normalizes(
@@ -147,133 +115,21 @@ def assert_normalizes(
     if x.ndim < 2 or x.shape[0] < 2:
         raise ValueError(f"`x` must have at least two rows and two axes, got shape {x.shape}.")
     output = layer(x, training=training)
-    out_dtype = getattr(output, "dtype", np.float32)
-    default_atol, default_rtol = default_tolerances(out_dtype)
+    default_atol, default_rtol = default_tolerances(getattr(output, "dtype", np.float32))
     atol = default_atol if atol is None else float(atol)
     rtol = default_rtol if rtol is None else float(rtol)
-    returned = keras.ops.convert_to_numpy(output)
+    returned = to_numpy(output)
     y = returned.astype(np.float64)
-    name = _layer_name(layer)
+    subject = read_subject(layer)
     if y.shape != x.shape:
         raise AssertionError(
-            f"{name} changed the shape of its input: got {y.shape}, expected {x.shape}."
+            f"{subject.name} changed the shape of its input: got {y.shape}, expected {x.shape}."
         )
-
-    axes = normalize_axes(_layer_axis(layer, axis), x.ndim)
-    epsilon = float(getattr(layer, "epsilon", 1e-3))
-    gamma = _numpy(getattr(layer, "gamma", None)) if getattr(layer, "scale", True) else None
-    beta = _numpy(getattr(layer, "beta", None)) if getattr(layer, "center", True) else None
-    batch_mode = bool(training) and bool(getattr(layer, "trainable", True))
-    ghost = getattr(layer, "virtual_batch_size", None)
-    ghost = batch_mode and ghost is not None and int(ghost) < x.shape[0]
-
-    if batch_mode:
-        reference = reference_batchnorm(x, axis=axes, gamma=gamma, beta=beta, epsilon=epsilon)
-    else:
-        moving_mean = _numpy(getattr(layer, "moving_mean", None))
-        moving_variance = _numpy(getattr(layer, "moving_variance", None))
-        if moving_mean is None or moving_variance is None:
-            raise ValueError(
-                f"{name} has no `moving_mean`/`moving_variance`, needed to check inference "
-                "(training=False, or trainable=False)."
-            )
-        reference = reference_batchnorm(
-            x,
-            axis=axes,
-            gamma=gamma,
-            beta=beta,
-            epsilon=epsilon,
-            training=False,
-            moving_mean=moving_mean,
-            moving_variance=moving_variance,
-        )
-
-    features_shape = tuple(x.shape[i] for i in axes)
-    y2 = _as_features_last(y, axes)
-    ref2 = _as_features_last(reference, axes)
-    n_features = y2.shape[1]
-    beta_vec = (
-        np.zeros(n_features) if beta is None else np.broadcast_to(beta.reshape(-1), (n_features,))
-    )
-    gamma_vec = (
-        np.ones(n_features) if gamma is None else np.broadcast_to(gamma.reshape(-1), (n_features,))
-    )
-    batch_mean, batch_var = reference_moments(x, axis=axes)
-
-    if not np.all(np.isfinite(y2)):
-        bad = np.flatnonzero(~np.all(np.isfinite(y2), axis=0))
-        raise AssertionError(
-            f"{name} returned non-finite values (training={training}) for features "
-            f"{[_feature_index(int(i), features_shape) for i in bad]} of an input with "
-            f"finite values (shape {x.shape})."
-        )
-
-    scale = np.max(np.abs(ref2 - beta_vec), axis=0) + np.abs(beta_vec)
-    mean_tol = atol + rtol * scale
-    actual_mean, actual_std = y2.mean(axis=0), y2.std(axis=0)
-    expected_mean, expected_std = ref2.mean(axis=0), ref2.std(axis=0)
-    if batch_mode:
-        expected_mean = beta_vec.copy()  # the reference's mean, without its round-off
-    if ghost:
-        std_tol = atol + rtol * np.abs(gamma_vec)
-        std_error = np.maximum(actual_std - np.abs(gamma_vec), 0.0)
-        element_error = np.zeros(n_features)
-        element_tol = np.ones(n_features)
-    else:
-        std_tol = atol + rtol * expected_std
-        std_error = np.abs(actual_std - expected_std)
-        element_error = np.max(np.abs(y2 - ref2), axis=0)
-        element_tol = atol + rtol * scale
-    mean_error = np.abs(actual_mean - expected_mean)
-    # How far past its tolerance each feature is; > 1 fails.
-    badness = np.maximum.reduce(
-        [
-            _ratio(mean_error, mean_tol),
-            _ratio(std_error, std_tol),
-            _ratio(element_error, element_tol),
-        ]
-    )
+    check = NormalizationCheck(subject, x, y, _layer_axis(subject, axis), bool(training))
+    badness = check.badness(atol, rtol)
     if np.all(badness <= 1.0):
         return returned
-
-    worst = int(np.argmax(badness))
-    failing = [_feature_index(int(i), features_shape) for i in np.flatnonzero(badness > 1.0)]
-    mode = "batch statistics" if batch_mode else "moving statistics"
-
-    def verdict(error: float, tol: float) -> str:
-        return f"|diff| {_fmt(error)} {'>' if error > tol else '<='} tol {_fmt(tol)}"
-
-    if batch_mode:
-        mean_source = "beta"
-        std_source = "|gamma| * sqrt(var / (var + epsilon))" if not ghost else "ghost batches"
-    else:
-        mean_source = std_source = "reference with the moving statistics"
-    lines = [
-        f"{name} does not batch-normalize its input ({mode}, training={training}): "
-        f"input shape {x.shape}, feature axis {axes}, {len(failing)} of {n_features} "
-        f"feature(s) off: {failing[:10]}{' ...' if len(failing) > 10 else ''}.",
-        f"Worst feature {_feature_index(worst, features_shape)}: batch mean "
-        f"{_fmt(batch_mean[worst])}, batch var {_fmt(batch_var[worst])}, gamma "
-        f"{_fmt(gamma_vec[worst])}, beta {_fmt(beta_vec[worst])}, epsilon {_fmt(epsilon)}",
-        f"  output mean: expected {_fmt(expected_mean[worst])} ({mean_source}), got "
-        f"{_fmt(actual_mean[worst])}  [{verdict(mean_error[worst], mean_tol[worst])}]",
-    ]
-    if ghost:
-        lines.append(
-            f"  output std:  expected at most {_fmt(abs(gamma_vec[worst]))} ({std_source}), "
-            f"got {_fmt(actual_std[worst])}"
-        )
-    else:
-        lines.append(
-            f"  output std:  expected {_fmt(expected_std[worst])} ({std_source}), got "
-            f"{_fmt(actual_std[worst])}  [{verdict(std_error[worst], std_tol[worst])}]"
-        )
-        row = int(np.argmax(np.abs(y2[:, worst] - ref2[:, worst])))
-        lines.append(
-            f"  largest element error: expected {_fmt(ref2[row, worst])}, got "
-            f"{_fmt(y2[row, worst])}  [{verdict(element_error[worst], element_tol[worst])}]"
-        )
-    raise AssertionError("\n".join(lines))
+    raise AssertionError(check.report(badness))
 
 
 def _close(actual: np.ndarray, expected: np.ndarray, atol: float, rtol: float, scale: np.ndarray):
@@ -333,85 +189,143 @@ def assert_moving_statistics(
     batches = [np.asarray(b) for b in batches]
     if not batches:
         raise ValueError("`batches` must hold at least one batch.")
-    name = _layer_name(layer)
-    if not getattr(layer, "built", True):
-        layer(batches[0], training=False)  # builds without touching the statistics
-    if getattr(layer, "debias", False):
-        raise ValueError(f"{name} uses debias=True; assert_moving_statistics does not model it.")
-    ghost = getattr(layer, "virtual_batch_size", None)
-    if ghost is not None and any(int(ghost) < b.shape[0] for b in batches):
-        raise ValueError(
-            f"{name} uses ghost batches (virtual_batch_size={ghost}) smaller than the batches; "
-            "assert_moving_statistics does not model them."
-        )
-    if momentum == "layer":
-        momentum = getattr(layer, "momentum", None)
-    for stat in ("moving_mean", "moving_variance"):
-        if getattr(layer, stat, None) is None:
-            raise TypeError(f"{name} has no `{stat}` to check.")
-    axes = normalize_axes(_layer_axis(layer, axis), batches[0].ndim)
-    default_atol, default_rtol = default_tolerances(layer.moving_mean.dtype)
+    subject, momentum = _moving_statistics_subject(layer, batches, momentum)
+
+    def read_moving() -> tuple[np.ndarray, np.ndarray]:
+        mean, variance = subject.read_moving()
+        return mean.reshape(-1), variance.reshape(-1)
+
+    axes = normalize_axes(_layer_axis(subject, axis), batches[0].ndim)
+    default_atol, default_rtol = default_tolerances(subject.statistics_dtype)
     atol = default_atol if atol is None else float(atol)
     rtol = default_rtol if rtol is None else float(rtol)
-    trainable = bool(getattr(layer, "trainable", True))
-    tracked = getattr(layer, "num_batches_tracked", None)
-    tracked = 0 if tracked is None else int(np.asarray(keras.ops.convert_to_numpy(tracked)))
 
-    previous = (_numpy(layer.moving_mean).reshape(-1), _numpy(layer.moving_variance).reshape(-1))
+    previous = read_moving()
     history = []
     for index, batch in enumerate(batches):
         layer(batch, training=True)
-        actual = (_numpy(layer.moving_mean).reshape(-1), _numpy(layer.moving_variance).reshape(-1))
+        actual = read_moving()
         history.append(actual)
-        if trainable:
+        if subject.trainable:
             expected = reference_moving_statistics(
                 [batch],
                 momentum,
                 axis=axes,
                 moving_mean=previous[0],
                 moving_variance=previous[1],
-                num_batches_tracked=tracked + index,
+                num_batches_tracked=subject.num_batches_tracked + index,
             )[0]
         else:
             expected = previous
         batch_stats = reference_moments(batch, axis=axes)
-        for k, stat in enumerate(("moving_mean", "moving_variance")):
+        for k in (0, 1):
             scale = np.maximum.reduce(
                 [np.abs(expected[k]), np.abs(previous[k]), np.abs(batch_stats[k])]
             )
-            ok = _close(actual[k], expected[k], atol, rtol, scale)
-            if ok.all():
+            if _close(actual[k], expected[k], atol, rtol, scale).all():
                 continue
-            error = _ratio(np.abs(actual[k] - expected[k]), atol + rtol * scale)
-            worst = int(np.argmax(error))
-            rule = (
-                "unchanged: the layer is not trainable"
-                if not trainable
-                else "cumulative average"
-                if momentum is None
-                else f"{momentum} * previous + (1 - {momentum}) * batch"
+            raise AssertionError(
+                _update_report(
+                    subject,
+                    momentum,
+                    (index, len(batches), batch),
+                    k,
+                    (actual, expected, previous, batch_stats),
+                    (atol, rtol, scale),
+                )
             )
-            lines = [
-                f"{name}: `{stat}` is wrong after batch {index + 1} of {len(batches)} "
-                f"(momentum={momentum}, batch shape {batch.shape}); "
-                f"{int((~ok).sum())} feature(s) off.",
-                f"Worst feature {worst}: previous {_fmt(previous[k][worst])}, batch "
-                f"{'mean' if k == 0 else 'variance (biased)'} {_fmt(batch_stats[k][worst])}",
-                f"  expected {_fmt(expected[k][worst])} ({rule}), got {_fmt(actual[k][worst])}",
-            ]
-            if trainable and momentum is not None:
-                swapped = (1.0 - momentum) * previous[k] + momentum * batch_stats[k]
-                if _close(actual[k], swapped, atol, rtol, scale).all():
-                    lines.append(
-                        "  hint: matches momentum the wrong way round "
-                        "(moving = momentum * batch + (1 - momentum) * moving)"
-                    )
-                if k == 1:
-                    n = batch.size // batch_stats[1].size
-                    unbiased = batch_stats[1] * n / max(n - 1, 1)
-                    guess = momentum * previous[1] + (1.0 - momentum) * unbiased
-                    if n > 1 and _close(actual[k], guess, atol, rtol, scale).all():
-                        lines.append("  hint: matches the unbiased (n - 1) batch variance")
-            raise AssertionError("\n".join(lines))
         previous = actual
     return history
+
+
+def _moving_statistics_subject(
+    layer: Any, batches: list[np.ndarray], momentum: Any
+) -> tuple[Subject, Any]:
+    """The built layer as `assert_moving_statistics` sees it, and the momentum to expect;
+    raises for what the assertion does not model."""
+    if not getattr(layer, "built", True):
+        layer(batches[0], training=False)  # builds without touching the statistics
+    subject = read_subject(layer)
+    if subject.debias:
+        raise ValueError(
+            f"{subject.name} uses debias=True; assert_moving_statistics does not model it."
+        )
+    ghost = subject.virtual_batch_size
+    if ghost is not None and any(int(ghost) < b.shape[0] for b in batches):
+        raise ValueError(
+            f"{subject.name} uses ghost batches (virtual_batch_size={ghost}) smaller than the "
+            "batches; assert_moving_statistics does not model them."
+        )
+    if momentum == "layer":
+        momentum = subject.momentum
+    if subject.read_moving() is None:
+        raise TypeError(f"{subject.name} has no `moving_mean`/`moving_variance` to check.")
+    return subject, momentum
+
+
+def _update_report(
+    subject: Subject,
+    momentum: float | None,
+    where: tuple[int, int, np.ndarray],
+    k: int,
+    values: tuple[Any, Any, Any, Any],
+    tolerance: tuple[float, float, np.ndarray],
+) -> str:
+    """The failure message for moving statistic `k` (0: mean, 1: variance) after batch
+    `where = (index, count, batch)`; `values` = (actual, expected, previous, batch moments)."""
+    index, count, batch = where
+    actual, expected, previous, batch_stats = values
+    atol, rtol, scale = tolerance
+    stat = ("moving_mean", "moving_variance")[k]
+    ok = _close(actual[k], expected[k], atol, rtol, scale)
+    error = ratio(np.abs(actual[k] - expected[k]), atol + rtol * scale)
+    worst = int(np.argmax(error))
+    rule = _update_rule(subject.trainable, momentum)
+    lines = [
+        f"{subject.name}: `{stat}` is wrong after batch {index + 1} of {count} "
+        f"(momentum={momentum}, batch shape {batch.shape}); "
+        f"{int((~ok).sum())} feature(s) off.",
+        f"Worst feature {worst}: previous {fmt(previous[k][worst])}, batch "
+        f"{'mean' if k == 0 else 'variance (biased)'} {fmt(batch_stats[k][worst])}",
+        f"  expected {fmt(expected[k][worst])} ({rule}), got {fmt(actual[k][worst])}",
+    ]
+    if subject.trainable and momentum is not None:
+        lines += _known_bug_hints(
+            k, batch, actual, previous, batch_stats, momentum, (atol, rtol, scale)
+        )
+    return "\n".join(lines)
+
+
+def _update_rule(trainable: bool, momentum: float | None) -> str:
+    """The rule a moving statistic follows, in words."""
+    if not trainable:
+        return "unchanged: the layer is not trainable"
+    if momentum is None:
+        return "cumulative average"
+    return f"{momentum} * previous + (1 - {momentum}) * batch"
+
+
+def _known_bug_hints(
+    k: int,
+    batch: np.ndarray,
+    actual: tuple[np.ndarray, np.ndarray],
+    previous: tuple[np.ndarray, np.ndarray],
+    batch_stats: tuple[np.ndarray, np.ndarray],
+    momentum: float,
+    tolerance: tuple[float, float, np.ndarray],
+) -> list[str]:
+    """Hints for statistic `k` (0: mean, 1: variance) matching a known bug's rule."""
+    hints = []
+    swapped = (1.0 - momentum) * previous[k] + momentum * batch_stats[k]
+    if _close(actual[k], swapped, *tolerance).all():
+        hints.append(
+            "  hint: matches momentum the wrong way round "
+            "(moving = momentum * batch + (1 - momentum) * moving)"
+        )
+    if k == 1:
+        n = batch.size // batch_stats[1].size
+        unbiased = batch_stats[1] * n / max(n - 1, 1)
+        guess = momentum * previous[1] + (1.0 - momentum) * unbiased
+        if n > 1 and _close(actual[k], guess, *tolerance).all():
+            hints.append("  hint: matches the unbiased (n - 1) batch variance")
+    return hints

@@ -15,13 +15,15 @@ a test.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
 from hypothesis import strategies as st
 from hypothesis.errors import InvalidArgument
 from hypothesis.extra import numpy as hnp
+
+from keras_bn_tools.testing._stack_specs import stack_specs
 
 __all__ = ["MIN_RELATIVE_STD", "batches", "bn_configs", "stack_specs"]
 
@@ -116,6 +118,68 @@ def _batches(
     return x
 
 
+def _checked_batches_arguments(
+    rows: tuple[int, int],
+    features: tuple[int, int],
+    ndim: int,
+    sides: tuple[int, int],
+    dtype: str,
+    values: tuple[float, float],
+    allow_degenerate: bool,
+) -> tuple[float, float]:
+    """`batches`'s arguments checked; returns the value bounds rounded inward to `dtype`."""
+    min_rows, max_rows = rows
+    min_features, max_features = features
+    min_side, max_side = sides
+    min_value, max_value = values
+    for name, value in [
+        ("min_rows", min_rows),
+        ("max_rows", max_rows),
+        ("min_features", min_features),
+        ("max_features", max_features),
+        ("ndim", ndim),
+        ("min_side", min_side),
+        ("max_side", max_side),
+    ]:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise InvalidArgument(f"`{name}` must be an int, got {value!r}.")
+    if min_rows < 2:
+        raise InvalidArgument(f"`min_rows` must be at least 2 (a batch statistic), got {min_rows}.")
+    if ndim < 2:
+        raise InvalidArgument(f"`ndim` must be at least 2 (rows and features), got {ndim}.")
+    if min_features < 1 or min_side < 1:
+        raise InvalidArgument(
+            f"`min_features` and `min_side` must be at least 1, got {min_features} and {min_side}."
+        )
+    for low_name, low, high_name, high in [
+        ("min_rows", min_rows, "max_rows", max_rows),
+        ("min_features", min_features, "max_features", max_features),
+        ("min_side", min_side, "max_side", max_side),
+        ("min_value", min_value, "max_value", max_value),
+    ]:
+        if high < low:
+            raise InvalidArgument(f"`{high_name}`={high!r} is smaller than `{low_name}`={low!r}.")
+    if str(dtype) not in _FLOAT_DTYPES:
+        raise InvalidArgument(f"`dtype` must be one of {_FLOAT_DTYPES}, got {dtype!r}.")
+    np_dtype = np.dtype(str(dtype))
+    if not (math.isfinite(min_value) and math.isfinite(max_value)):
+        raise InvalidArgument(
+            f"`min_value` and `max_value` must be finite, got {min_value!r}, {max_value!r}."
+        )
+    low, high = _representable_bounds(np_dtype, float(min_value), float(max_value))
+    if not allow_degenerate:
+        # The widest alternating pattern has std >= (high - low) / 2 * sqrt(2/3) (3 entries).
+        widest_std = (high - low) / 2.0 * math.sqrt(2.0 / 3.0)
+        needed = MIN_RELATIVE_STD * (1.0 + max(abs(low), abs(high)))
+        if widest_std < 1.05 * needed:
+            raise InvalidArgument(
+                f"[min_value, max_value] = [{min_value!r}, {max_value!r}] is too narrow for "
+                f"non-degenerate features: a feature needs std >= {MIN_RELATIVE_STD} * "
+                "(1 + max|x|). Widen the range or pass allow_degenerate=True."
+            )
+    return low, high
+
+
 def batches(
     *,
     min_rows: int = 2,
@@ -178,51 +242,16 @@ def batches(
             assert x.ndim == 4 and x.shape[0] >= 2
         ```
     """
-    for name, value in [
-        ("min_rows", min_rows),
-        ("max_rows", max_rows),
-        ("min_features", min_features),
-        ("max_features", max_features),
-        ("ndim", ndim),
-        ("min_side", min_side),
-        ("max_side", max_side),
-    ]:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise InvalidArgument(f"`{name}` must be an int, got {value!r}.")
-    if min_rows < 2:
-        raise InvalidArgument(f"`min_rows` must be at least 2 (a batch statistic), got {min_rows}.")
-    if ndim < 2:
-        raise InvalidArgument(f"`ndim` must be at least 2 (rows and features), got {ndim}.")
-    if min_features < 1 or min_side < 1:
-        raise InvalidArgument(
-            f"`min_features` and `min_side` must be at least 1, got {min_features} and {min_side}."
-        )
-    for low_name, low, high_name, high in [
-        ("min_rows", min_rows, "max_rows", max_rows),
-        ("min_features", min_features, "max_features", max_features),
-        ("min_side", min_side, "max_side", max_side),
-        ("min_value", min_value, "max_value", max_value),
-    ]:
-        if high < low:
-            raise InvalidArgument(f"`{high_name}`={high!r} is smaller than `{low_name}`={low!r}.")
-    if str(dtype) not in _FLOAT_DTYPES:
-        raise InvalidArgument(f"`dtype` must be one of {_FLOAT_DTYPES}, got {dtype!r}.")
+    low, high = _checked_batches_arguments(
+        (min_rows, max_rows),
+        (min_features, max_features),
+        ndim,
+        (min_side, max_side),
+        dtype,
+        (min_value, max_value),
+        allow_degenerate,
+    )
     np_dtype = np.dtype(str(dtype))
-    if not (math.isfinite(min_value) and math.isfinite(max_value)):
-        raise InvalidArgument(
-            f"`min_value` and `max_value` must be finite, got {min_value!r}, {max_value!r}."
-        )
-    low, high = _representable_bounds(np_dtype, float(min_value), float(max_value))
-    if not allow_degenerate:
-        # The widest alternating pattern has std >= (high - low) / 2 * sqrt(2/3) (3 entries).
-        widest_std = (high - low) / 2.0 * math.sqrt(2.0 / 3.0)
-        needed = MIN_RELATIVE_STD * (1.0 + max(abs(low), abs(high)))
-        if widest_std < 1.05 * needed:
-            raise InvalidArgument(
-                f"[min_value, max_value] = [{min_value!r}, {max_value!r}] is too narrow for "
-                f"non-degenerate features: a feature needs std >= {MIN_RELATIVE_STD} * "
-                "(1 + max|x|). Widen the range or pass allow_degenerate=True."
-            )
     return _batches(
         min_rows=min_rows,
         max_rows=max_rows,
@@ -350,157 +379,3 @@ def bn_configs(
     if layer == "keras":
         return st.fixed_dictionaries(base)
     return _momentum_config(base, include_ghost)
-
-
-# ------------------------------------------------------------------------- stack_specs
-
-_KINDS = ("mlp", "cnn", "lstm")
-_DEFAULT_PLACEMENTS = {
-    "mlp": ("none", "before", "after"),
-    "cnn": ("none", "before", "after"),
-    "lstm": ("none", "after"),
-}
-_ACTIVATIONS = ("relu", "tanh", "sigmoid", "linear")
-_OUTPUT_ACTIVATIONS = ("sigmoid", "softmax", "linear")
-
-
-def _smallest_cnn_side(depth: int, kernel_size: int, pool_every: int | None) -> int:
-    """Smallest input side for which every conv ("valid") and 2x2 pool has output >= 1."""
-    side = 1
-    for index in reversed(range(depth)):
-        if pool_every is not None and (index + 1) % pool_every == 0:
-            side *= 2  # floor(s / 2) >= needed  <=>  s >= 2 * needed
-        side += kernel_size - 1
-    return side
-
-
-@st.composite
-def _stack_spec(
-    draw: st.DrawFn,
-    kind: str,
-    placements: tuple[str, ...],
-    max_units: int,
-    max_layers: int,
-    max_side: int,
-    bn_layer: Any,
-) -> dict[str, Any]:
-    units = st.integers(1, max_units)
-    hidden = st.lists(units, min_size=1, max_size=max_layers).map(tuple)
-    head = {
-        "dense_units": st.lists(units, min_size=0, max_size=min(2, max_layers)).map(tuple),
-        "output_units": st.integers(1, 3),
-        "output_activation": st.sampled_from(_OUTPUT_ACTIVATIONS),
-    }
-    spec: dict[str, Any]
-    if kind == "mlp":
-        spec = {
-            "input_dim": draw(st.integers(1, 4)),
-            "hidden_units": draw(hidden),
-            "activation": draw(st.sampled_from(_ACTIVATIONS)),
-            "bn": draw(st.sampled_from(placements)),
-            "input_bn": draw(st.booleans()),
-            "output_units": draw(head["output_units"]),
-            "output_activation": draw(head["output_activation"]),
-            "kernel_initializer": draw(st.sampled_from(["he_uniform", "glorot_uniform"])),
-        }
-    elif kind == "cnn":
-        filters = draw(st.lists(st.integers(1, min(4, max_units)), min_size=1, max_size=max_layers))
-        pool_every = draw(st.sampled_from([1, 2, None]))
-        # Any kernel size whose smallest valid input fits; 1 always does.
-        kernel_sizes = [
-            k for k in (1, 2, 3) if _smallest_cnn_side(len(filters), k, pool_every) <= max_side
-        ]
-        kernel_size = draw(st.sampled_from(kernel_sizes))
-        smallest = _smallest_cnn_side(len(filters), kernel_size, pool_every)
-        spec = {
-            "input_shape": (
-                draw(st.integers(smallest, max_side)),
-                draw(st.integers(smallest, max_side)),
-                draw(st.integers(1, 3)),
-            ),
-            "filters": tuple(filters),
-            "kernel_size": kernel_size,
-            "activation": draw(st.sampled_from(_ACTIVATIONS)),
-            "bn": draw(st.sampled_from(placements)),
-            "pool_every": pool_every,
-            **{key: draw(strategy) for key, strategy in head.items()},
-        }
-    else:
-        spec = {
-            "input_shape": (draw(st.integers(1, 5)), draw(st.integers(1, 4))),
-            "units": draw(st.lists(units, min_size=1, max_size=min(2, max_layers)).map(tuple)),
-            "bn": draw(st.sampled_from(placements)),
-            **{key: draw(strategy) for key, strategy in head.items()},
-        }
-    if spec["output_activation"] == "softmax" and spec["output_units"] == 1:
-        spec["output_activation"] = "sigmoid"
-    if bn_layer is not None:
-        spec["bn_layer"] = bn_layer
-    return spec
-
-
-def stack_specs(
-    kind: str = "mlp",
-    placements: Iterable[str] | None = None,
-    *,
-    max_units: int = 8,
-    max_layers: int = 3,
-    max_side: int = 8,
-    bn_layer: Any = None,
-) -> st.SearchStrategy[dict[str, Any]]:
-    """Keyword-argument dicts for `build_mlp`, `build_cnn` or `build_lstm`: tiny, valid models.
-
-    `keras_bn_tools.build_<kind>(**spec)` builds the model. Sizes are small
-    on purpose (at most `max_units` units or 4 filters per layer, images of at
-    most `max_side` x `max_side` x 3, sequences of at most 5 steps) so a
-    property test can build and run many of them.
-
-    A CNN spec always fits its input: the input side is at least what its
-    convolutions (assumed "valid") and 2x2 poolings need.
-
-    Args:
-        kind: "mlp", "cnn" or "lstm".
-        placements: the `bn` values to draw from (strings). Default: all three
-            for MLPs and CNNs, `("none", "after")` for LSTMs (`"before"` there
-            means recurrent batch normalization inside the cell).
-        max_units: most units (Dense, LSTM) per layer.
-        max_layers: most hidden layers.
-        max_side: largest CNN input side.
-        bn_layer: if given, put in every spec as the `bn_layer` factory.
-
-    Returns:
-        A strategy of `dict`.
-
-    Example:
-        ```python
-        from hypothesis import given
-        from keras_bn_tools.testing import stack_specs
-
-        @given(stack_specs("lstm"))
-        def test_lstm_spec(spec):
-            assert spec["bn"] in ("none", "after") and len(spec["input_shape"]) == 2
-        ```
-    """
-    if kind not in _KINDS:
-        raise InvalidArgument(f"`kind` must be one of {_KINDS}, got {kind!r}.")
-    if placements is None:
-        chosen = _DEFAULT_PLACEMENTS[kind]
-    else:
-        chosen = tuple(str(getattr(p, "value", p)).lower() for p in placements)
-    bad = [p for p in chosen if p not in ("none", "before", "after")]
-    if not chosen or bad:
-        raise InvalidArgument(
-            f"`placements` must be a non-empty collection of 'none', 'before', 'after', "
-            f"got {placements!r}."
-        )
-    for name, value in [("max_units", max_units), ("max_layers", max_layers)]:
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise InvalidArgument(f"`{name}` must be a positive int, got {value!r}.")
-    if kind == "cnn" and (
-        isinstance(max_side, bool) or not isinstance(max_side, int) or max_side < 2**max_layers
-    ):
-        raise InvalidArgument(
-            f"`max_side` must be an int of at least 2**max_layers = {2**max_layers} (room for "
-            f"a 2x2 pooling after every convolution), got {max_side!r}."
-        )
-    return _stack_spec(kind, chosen, max_units, max_layers, max_side, bn_layer)

@@ -213,3 +213,14 @@ def test_set_moving_statistics_count_sets_the_cumulative_history():
         layer.set_moving_statistics(np.array([0.0]), np.array([1.0]), count=-1)
     with pytest.raises(TypeError, match="`count`"):
         layer.set_moving_statistics(np.array([0.0]), np.array([1.0]), count=1.5)
+
+
+def test_every_bn_layer_of_the_package_implements_the_interface():
+    # The Protocol lists only what consumers use: a member added to it must be
+    # implemented by every BN layer, or graph walking stops recognizing that layer.
+    from keras_bn_tools.layers import FrozenBatchNormalization
+
+    for layer in (MomentumBatchNormalization(), FrozenBatchNormalization()):
+        assert is_batchnorm(layer)
+        assert isinstance(as_batchnorm(layer), BatchNormInterface)
+        assert as_batchnorm(layer) is layer

@@ -332,7 +332,7 @@ def test_bad_momentum_assignment_raises_and_keeps_the_old_value():
     with pytest.raises(ValueError, match="`momentum`"):
         layer.momentum = 1.01
     assert layer.momentum == 0.9
-    (variable,) = [w for w in layer.weights if w.path.endswith("/momentum")]
+    (variable,) = [w for w in layer.variables if w.path.endswith("/momentum")]
     assert float(keras.ops.convert_to_numpy(variable)) == pytest.approx(0.9)
 
 

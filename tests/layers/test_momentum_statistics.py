@@ -393,6 +393,48 @@ def test_set_moving_statistics_before_any_step_counts_as_a_full_average():
 
 
 @pytest.mark.backend_agnostic
+def test_a_cumulative_average_keeps_set_statistics_as_history():
+    # Issue 26: with momentum=None, statistics written before any training batch
+    # (num_batches_tracked 0) were replaced wholesale by the first batch.
+    layer = MomentumBatchNormalization(momentum=None)
+    layer.build((None, 2))
+    layer.set_moving_statistics([4.0, 4.0], [1.0, 1.0])
+    assert int(read(layer.num_batches_tracked)) == 1
+    x = np.array([[0.0, 1.0], [2.0, 3.0]], "float32")
+    layer(x, training=True)
+    np.testing.assert_allclose(read(layer.moving_mean), [2.5, 3.0], rtol=1e-6)
+    # An explicit count: the statistics stand for that many batches.
+    layer.set_moving_statistics([4.0, 4.0], [1.0, 1.0], count=3)
+    layer(x, training=True)
+    np.testing.assert_allclose(read(layer.moving_mean), [3.25, 3.5], rtol=1e-6)
+    # count=0: a documented reset of the history, the next batch replaces them.
+    layer.set_moving_statistics([4.0, 4.0], [1.0, 1.0], count=0)
+    layer(x, training=True)
+    np.testing.assert_allclose(read(layer.moving_mean), [1.0, 2.0], rtol=1e-6)
+    # With a float momentum the counter is left alone.
+    ema = MomentumBatchNormalization(momentum=0.5)
+    ema.build((None, 2))
+    ema.set_moving_statistics([4.0, 4.0], [1.0, 1.0])
+    assert int(read(ema.num_batches_tracked)) == 0
+
+
+def test_a_recalibrated_cumulative_layer_continues_from_the_recalibration():
+    from keras_bn_tools.recalibration import recalibrate_batchnorm
+
+    layer = MomentumBatchNormalization(momentum=None)
+    model = keras.Sequential([keras.Input((2,)), layer])
+    data = np.random.default_rng(0).normal(5.0, 2.0, size=(64, 2)).astype("float32")
+    recalibrate_batchnorm(model, data)
+    population = data.mean(axis=0)
+    np.testing.assert_allclose(read(layer.moving_mean), population, rtol=1e-5)
+    batch = np.zeros((4, 2), "float32")
+    layer(batch, training=True)
+    # Averaged with the recalibrated statistics (worth at least one batch), not
+    # replaced by this batch's zeros.
+    assert np.all(read(layer.moving_mean) >= 0.5 * population * (1 - 1e-6))
+
+
+@pytest.mark.backend_agnostic
 def test_set_moving_statistics_refuses_what_would_break_inference():
     # Issue 16, items 7 and 10: a negative variance gave NaN at inference, a wrong
     # shape a raw reshape error, an unbuilt layer an AttributeError.

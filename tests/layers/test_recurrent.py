@@ -6,6 +6,7 @@ statistics (`reference_forward`), plus Keras's own LSTM for the identity-statist
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 from pathlib import Path
 
@@ -674,14 +675,21 @@ def test_files_saved_by_version_0_1_load_with_the_same_predictions():
 
 
 @backend_agnostic
-def test_arguments_are_listed_once_and_documented():
-    """The constructors' signatures come from the cell's config, and both docstrings
-    document every argument of it."""
+def test_constructors_spell_out_the_config_and_document_it():
+    """The cell's arguments are listed once in LSTMCellConfig; the constructors' signatures
+    (spelled out for IDEs and the API reference) must match its names, order and defaults,
+    and both docstrings document every argument."""
+    fields = {field.name: field for field in dataclasses.fields(LSTMCellConfig)}
     names = LSTMCellConfig.names()
-    cell_parameters = list(inspect.signature(BatchNormLSTMCell).parameters)
-    assert cell_parameters == [*names, "kwargs"]
+    cell_parameters = inspect.signature(BatchNormLSTMCell).parameters
+    assert list(cell_parameters) == [*names, "kwargs"]
     layer_parameters = inspect.signature(BatchNormLSTM).parameters
-    assert set(names) <= set(layer_parameters)
+    assert [name for name in layer_parameters if name in fields] == list(names)
+    for parameters in (cell_parameters, layer_parameters):
+        for name in names:
+            default = fields[name].default
+            expected = inspect.Parameter.empty if default is dataclasses.MISSING else default
+            assert parameters[name].default == expected, name
     for name in layer_parameters:
         if name != "kwargs":
             assert f"        {name}: " in BatchNormLSTM.__doc__, name

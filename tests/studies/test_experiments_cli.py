@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from keras_bn_tools import cli
+import keras_bn_tools_cli as cli
 from keras_bn_tools.studies.experiments import DEFAULT_SEEDS, EXPERIMENTS, experiment_runner
 from keras_bn_tools.studies.registry import BUILTIN
 

@@ -247,7 +247,9 @@ def test_results_name_the_metric_and_its_direction(tmp_path):
     result.to_csv(tmp_path / "r.csv", per="run")
     assert "final_test_mae" in (tmp_path / "r.csv").read_text().splitlines()[0]
     figure = result.plot(tmp_path / "mae.png")
-    assert "lower is better" in figure.axes[0].figure.texts[0].get_text() or figure.axes
+    assert "MAE: lower is better" in figure._suptitle.get_text()
+    assert [ax.get_title() for ax in figure.axes] == ["mae", "val_mae"]
+    assert (tmp_path / "mae.png").stat().st_size > 1000
 
 
 def test_intervals_stay_in_the_metrics_range_and_the_table_counts_hits():

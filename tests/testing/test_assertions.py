@@ -9,6 +9,7 @@ from _helpers import layer_settings, same_width_batches
 from hypothesis import given
 from hypothesis import strategies as st
 
+from keras_bn_tools.layers import MomentumBatchNormalization
 from keras_bn_tools.testing import (
     assert_moving_statistics,
     assert_normalizes,
@@ -117,8 +118,7 @@ def test_ghost_batches_get_the_grouping_independent_checks():
     assert_normalizes(_Ghost(4), x)
     with pytest.raises(AssertionError, match=r"expected at most 1 \(ghost batches\)"):
         assert_normalizes(_Ghost(4, factor=2.0), x)
-    layer = keras.layers.BatchNormalization()
-    layer.virtual_batch_size = 2
+    layer = MomentumBatchNormalization(virtual_batch_size=2)
     with pytest.raises(ValueError, match="ghost"):
         assert_moving_statistics(layer, [x])
 

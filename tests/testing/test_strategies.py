@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from hypothesis.errors import InvalidArgument
 
 from keras_bn_tools.testing import MIN_RELATIVE_STD, batches, bn_configs, stack_specs
-from keras_bn_tools.testing.strategies import _smallest_cnn_side
+from keras_bn_tools.testing._stack_specs import _smallest_cnn_side
 
 pytestmark = pytest.mark.backend_agnostic
 
