@@ -16,9 +16,12 @@ import keras
 import numpy as np
 import pytest
 
-pytestmark = pytest.mark.skipif(
-    keras.backend.backend() != "tensorflow", reason="tf.distribute needs the TensorFlow backend"
-)
+pytestmark = [
+    pytest.mark.skipif(
+        keras.backend.backend() != "tensorflow", reason="tf.distribute needs the TensorFlow backend"
+    ),
+    pytest.mark.slow,  # worker subprocesses: the whole suite runs them, the quicker passes not
+]
 
 SYNC_CASES = ["sync", "sync-cumulative", "sync-debias"]
 LOCAL_CASES = ["local", "local-cumulative", "local-debias"]

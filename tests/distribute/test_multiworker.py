@@ -16,9 +16,12 @@ import keras
 import numpy as np
 import pytest
 
-pytestmark = pytest.mark.skipif(
-    keras.backend.backend() != "tensorflow", reason="tf.distribute needs the TensorFlow backend"
-)
+pytestmark = [
+    pytest.mark.skipif(
+        keras.backend.backend() != "tensorflow", reason="tf.distribute needs the TensorFlow backend"
+    ),
+    pytest.mark.slow,  # worker subprocesses: the whole suite runs them, the quicker passes not
+]
 
 NUM_WORKERS = 2
 EPOCHS = 3

@@ -151,6 +151,15 @@ def test_a_killed_loky_worker_stops_the_study_with_a_clear_error_and_resume_comp
 
 
 @pytest.fixture(scope="module")
+def in_fresh_processes():
+    """The study run by two fresh loky processes (equal to the serial study: see
+    `test_two_loky_jobs_equal_the_serial_study_with_one_thread_each`). The Dask tests
+    compare with it, so that what they check does not depend on the state that earlier
+    tests left in this test process."""
+    return run_study(BLOBS, **STUDY, n_jobs=2)
+
+
+@pytest.fixture(scope="module")
 def dask_client():
     distributed = pytest.importorskip("distributed")
     cluster = distributed.LocalCluster(
@@ -161,19 +170,21 @@ def dask_client():
 
 
 @pytest.mark.slow
-def test_a_dask_local_cluster_study_equals_the_serial_study(serial, dask_client, tmp_path):
+def test_a_dask_local_cluster_study_equals_the_serial_study(
+    in_fresh_processes, dask_client, tmp_path
+):
     import joblib
 
     with joblib.parallel_config(backend="dask"):
         result = run_study(BLOBS, **STUDY, n_jobs=-1, out=tmp_path)
-    assert_same_runs(result, serial)
+    assert_same_runs(result, in_fresh_processes)
     # The runs ran on the cluster's workers, which saved them.
     assert len(list((tmp_path / "runs").glob("*/seed-*.json"))) == 6
     assert sum(dask_client.run(lambda: "keras_bn_tools.studies.parallel" in sys.modules).values())
 
 
 @pytest.mark.slow
-def test_a_worker_killed_under_dask_is_recovered(serial, dask_client, tmp_path):
+def test_a_worker_killed_under_dask_is_recovered(in_fresh_processes, dask_client, tmp_path):
     import joblib
 
     pids = list(dask_client.run(os.getpid).values())
@@ -188,7 +199,7 @@ def test_a_worker_killed_under_dask_is_recovered(serial, dask_client, tmp_path):
     _wait_for_runs(tmp_path, 1)
     os.kill(pids[0], signal.SIGKILL)  # Dask's nanny restarts it; the scheduler retries
     thread.join(300)
-    assert_same_runs(box["result"], serial)  # each run once, none lost
+    assert_same_runs(box["result"], in_fresh_processes)  # each run once, none lost
     assert len(list((tmp_path / "runs").glob("*/seed-*.json"))) == 6
     assert pids[0] not in dask_client.run(os.getpid).values()
 
