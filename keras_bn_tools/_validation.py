@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 import numbers
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 __all__ = [
@@ -22,6 +22,7 @@ __all__ = [
     "check_float_array",
     "check_int_in_range",
     "check_int_sequence",
+    "check_layer_names",
     "check_layer_weights",
     "check_momentum",
     "check_nonnegative_float",
@@ -32,6 +33,29 @@ __all__ = [
     "check_statistic",
     "check_writable_directory",
 ]
+
+
+def check_layer_names(layers: Any, *, none_means: str) -> tuple[str, ...] | None:
+    """`layers` as a tuple of distinct layer names (a single name allowed), or None.
+
+    Args:
+        layers: None, a layer name, or a sequence of layer names.
+        none_means: what None selects, for the error message (e.g. "all BN layers").
+
+    Raises:
+        TypeError: `layers` is neither None, a name nor a sequence of names.
+        ValueError: `layers` names no layer.
+    """
+    if layers is None:
+        return None
+    if isinstance(layers, str):
+        layers = (layers,)
+    if not isinstance(layers, Iterable) or not all(isinstance(n, str) for n in layers):
+        raise TypeError(f"`layers` must be None or a sequence of layer names, got {layers!r}.")
+    layers = tuple(dict.fromkeys(layers))
+    if not layers:
+        raise ValueError(f"`layers` must be None ({none_means}) or name at least one layer.")
+    return layers
 
 
 def check_positive_int(name: str, value: Any, *, allow_none: bool = False) -> int | None:

@@ -133,3 +133,16 @@ def test_writable_directory(tmp_path, monkeypatch):
     monkeypatch.setattr(os, "access", lambda *args: False)  # as on a read-only file system
     with pytest.raises(ValueError, match="not writable"):
         v.check_writable_directory("log_dir", tmp_path / "new")
+
+
+@pytest.mark.backend_agnostic
+def test_check_layer_names():
+    from keras_bn_tools._validation import check_layer_names
+
+    assert check_layer_names(None, none_means="all") is None
+    assert check_layer_names("bn", none_means="all") == ("bn",)
+    assert check_layer_names(["a", "b", "a"], none_means="all") == ("a", "b")
+    with pytest.raises(TypeError, match="`layers` must be None or a sequence of layer names"):
+        check_layer_names(3, none_means="all")
+    with pytest.raises(ValueError, match=r"`layers` must be None \(every layer\) or name"):
+        check_layer_names([], none_means="every layer")

@@ -11,6 +11,8 @@ from typing import Any
 import keras
 import numpy as np
 
+from keras_bn_tools._validation import check_layer_names
+
 __all__ = ["check_every", "check_layers", "check_percentiles", "check_probe", "check_probe_fits"]
 
 
@@ -51,16 +53,7 @@ def check_every(every: Any) -> str | int:
 
 
 def check_layers(layers: Any) -> tuple[str, ...] | None:
-    if layers is None:
-        return None
-    if isinstance(layers, str):
-        layers = (layers,)
-    if not isinstance(layers, Iterable) or not all(isinstance(n, str) for n in layers):
-        raise TypeError(f"`layers` must be None or a sequence of layer names, got {layers!r}.")
-    layers = tuple(dict.fromkeys(layers))
-    if not layers:
-        raise ValueError("`layers` must be None (every nonlinearity) or name at least one layer.")
-    return layers
+    return check_layer_names(layers, none_means="every nonlinearity")
 
 
 def check_probe(probe: Any) -> Any:

@@ -15,7 +15,7 @@ from typing import Any
 import keras
 import numpy as np
 
-from keras_bn_tools._validation import check_writable_directory
+from keras_bn_tools._validation import check_layer_names, check_writable_directory
 from keras_bn_tools.callbacks.stats_log import (
     HEADER_FILE,
     INDEX_FIELDS,
@@ -70,19 +70,6 @@ def _parse_stats(stats: Any) -> tuple[str, ...]:
     if unknown:
         raise ValueError(f"Unknown stats {unknown}; allowed stats are {list(ALLOWED_STATS)}.")
     return stats
-
-
-def _parse_layers(layers: Any) -> tuple[str, ...] | None:
-    if layers is None:
-        return None
-    if isinstance(layers, str):
-        layers = (layers,)
-    if not isinstance(layers, Iterable) or not all(isinstance(n, str) for n in layers):
-        raise TypeError(f"`layers` must be None or a sequence of layer names, got {layers!r}.")
-    layers = tuple(dict.fromkeys(layers))
-    if not layers:
-        raise ValueError("`layers` must be None (all BN layers) or name at least one layer.")
-    return layers
 
 
 def _parse_tensorboard(tensorboard: Any, log_dir: str | None) -> bool:
@@ -188,7 +175,7 @@ class MovingStatsTracker(keras.callbacks.Callback):
     ):
         super().__init__()
         self.every = _parse_every(every)
-        self.layer_names = _parse_layers(layers)
+        self.layer_names = check_layer_names(layers, none_means="all BN layers")
         self.stats = _parse_stats(stats)
         # Checked now (an existing file, a path under a file, a read-only
         # place), not when `fit` starts.
