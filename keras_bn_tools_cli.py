@@ -33,6 +33,8 @@ __all__ = ["ENGINES", "builtin_protocols", "main"]
 
 PROG = "keras-bn-tools"
 EXIT_USAGE = 2
+#: Exit statuses above this one are 128 + the number of the signal that stopped a study.
+EXIT_STOPPED = 128
 #: `keras_bn_tools.studies.engines.ENGINES`, which the parser cannot import without
 #: importing Keras (tests/test_cli.py keeps them equal).
 ENGINES = ("auto", "compiled", "fit")
@@ -287,7 +289,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = parser.parse_args(argv)
     except SystemExit as exit_:  # --help, --version and argparse's usage errors
         return int(exit_.code) if isinstance(exit_.code, int) else EXIT_USAGE
-    return _load_cli().run(args)
+    status = _load_cli().run(args)
+    if status > EXIT_STOPPED:
+        # Stopped by a signal mid-training: `--out` is already as it was. The backend's
+        # runtime threads were interrupted mid-step, and tearing the interpreter down
+        # around them can crash or hang (seen with TensorFlow: "free(): invalid next size",
+        # and a child that never exited), so leave without the teardown.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(status)
+    return status
 
 
 if __name__ == "__main__":
