@@ -17,6 +17,7 @@ __all__ = [
     "RENORM_CLIPPING_KEYS",
     "check_axis",
     "check_bool",
+    "check_channel_axis",
     "check_choice",
     "check_epsilon",
     "check_float_array",
@@ -33,6 +34,24 @@ __all__ = [
     "check_statistic",
     "check_writable_directory",
 ]
+
+
+def check_channel_axis(axis: int, input_shape: Sequence[int | None]) -> int:
+    """The size of `input_shape`'s channel axis `axis`, checked when a layer builds.
+
+    Raises:
+        ValueError: `axis` is outside the inputs' rank, or the axis has no known size.
+    """
+    rank = len(input_shape)
+    if not -rank <= axis < rank:
+        raise ValueError(f"`axis`={axis} is out of range for inputs of shape {tuple(input_shape)}.")
+    channels = input_shape[axis]
+    if channels is None:
+        raise ValueError(
+            f"The channel axis {axis} of inputs of shape {tuple(input_shape)} "
+            "must have a known size."
+        )
+    return channels
 
 
 def check_layer_names(layers: Any, *, none_means: str) -> tuple[str, ...] | None:

@@ -8,6 +8,8 @@ import keras
 import numpy as np
 from keras import ops
 
+from keras_bn_tools._validation import check_channel_axis
+
 __all__ = ["ChannelAffine"]
 
 
@@ -37,16 +39,7 @@ class ChannelAffine(keras.layers.Layer):
 
     def build(self, input_shape: tuple[int | None, ...]) -> None:
         rank = len(input_shape)
-        if not -rank <= self.axis < rank:
-            raise ValueError(
-                f"`axis`={self.axis} is out of range for inputs of shape {tuple(input_shape)}."
-            )
-        channels = input_shape[self.axis]
-        if channels is None:
-            raise ValueError(
-                f"The channel axis {self.axis} of inputs of shape {tuple(input_shape)} "
-                "must have a known size."
-            )
+        channels = check_channel_axis(self.axis, input_shape)
         self.scale = self.add_weight(name="scale", shape=(channels,), initializer="ones")
         self.offset = self.add_weight(name="offset", shape=(channels,), initializer="zeros")
         self.input_spec = keras.layers.InputSpec(ndim=rank, axes={self.axis: channels})

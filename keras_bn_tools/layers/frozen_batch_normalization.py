@@ -19,7 +19,7 @@ from typing import Any
 import keras
 from keras import ops
 
-from keras_bn_tools._validation import check_axis, check_bool, check_epsilon
+from keras_bn_tools._validation import check_axis, check_bool, check_channel_axis, check_epsilon
 from keras_bn_tools.layers.conversion import copy_batchnorm
 from keras_bn_tools.layers.interface import (
     BatchNormReads,
@@ -140,16 +140,7 @@ class FrozenBatchNormalization(BatchNormReads, keras.layers.Layer):
 
     def build(self, input_shape: tuple[int | None, ...]) -> None:
         rank = len(input_shape)
-        if not -rank <= self.axis < rank:
-            raise ValueError(
-                f"`axis`={self.axis} is out of range for inputs of shape {tuple(input_shape)}."
-            )
-        channels = input_shape[self.axis]
-        if channels is None:
-            raise ValueError(
-                f"The channel axis {self.axis} of inputs of shape {tuple(input_shape)} "
-                "must have a known size."
-            )
+        channels = check_channel_axis(self.axis, input_shape)
         shape = (channels,)
         for name, wanted in (("gamma", self.scale), ("beta", self.center)):
             if wanted:

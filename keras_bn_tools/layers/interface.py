@@ -163,7 +163,10 @@ class BatchNormReads:
     """
 
     def _batchnorm_layer(self) -> keras.layers.BatchNormalization:
-        raise NotImplementedError
+        # The hook each class that mixes this in defines (the adapter returns the layer
+        # it wraps, the package's BN layers return themselves); reached only by a class
+        # that forgot to.
+        raise TypeError(f"{type(self).__name__} must define `_batchnorm_layer()`.")
 
     @property
     def channel_axis(self) -> int:
