@@ -14,6 +14,8 @@ Everything else in the package uses public Keras only (`keras.ops`,
 from __future__ import annotations
 
 import contextlib
+import random
+import threading
 import warnings
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -29,6 +31,7 @@ __all__ = [
     "inbound_tensors",
     "is_functional",
     "jax_trainer_holds_value",
+    "keras_default_seeds",
     "node_count",
     "producer",
     "run_rnn_loop",
@@ -217,3 +220,48 @@ def ignoring_keras_variable_array_warning() -> Iterator[None]:
             module=r"keras\.",
         )
         yield
+
+
+class _ThreadDefaultSeeds:
+    """Stands in for the `random` module where Keras draws its default seeds: this
+    thread's private generator inside `keras_default_seeds`, else `random` itself
+    (what Keras does)."""
+
+    def __init__(self) -> None:
+        self._local = threading.local()
+
+    def __getattr__(self, name: str) -> Any:
+        generator = getattr(self._local, "generator", None)
+        return getattr(random if generator is None else generator, name)
+
+
+_THREAD_DEFAULT_SEEDS = _ThreadDefaultSeeds()
+
+
+@contextlib.contextmanager
+def keras_default_seeds(seed: int) -> Iterator[None]:
+    """Inside, Keras draws the default seeds of this thread's new initializers and
+    seed generators from `random.Random(seed)`: the numbers it draws from Python's
+    `random` right after `keras.utils.set_random_seed(seed)` in a process where
+    nothing else draws from it.
+
+    Why: a layer or initializer made with `seed=None` gets its seed from Python's
+    process-wide `random` (`make_default_seed`), which other threads of the process
+    draw from too: a Dask worker's event loop does (`dask.sizeof` samples with
+    `random.sample`), so a model built in a Dask task got other initial weights
+    whenever the event loop ran between `set_random_seed` and the build. Keras has
+    no public way to give a thread its own default seeds.
+    """
+    # Why internal: `keras.src.random.seed_generator.make_default_seed` reads the
+    # module-level name `python_random` (the `random` module) at every call.
+    from keras.src.random import seed_generator
+
+    if seed_generator.python_random is not _THREAD_DEFAULT_SEEDS:
+        seed_generator.python_random = _THREAD_DEFAULT_SEEDS
+    local = _THREAD_DEFAULT_SEEDS._local
+    outer = getattr(local, "generator", None)
+    local.generator = random.Random(seed)
+    try:
+        yield
+    finally:
+        local.generator = outer

@@ -162,3 +162,54 @@ def test_keras_compile_config_warning_is_ignored_only_where_keras_raises_it():
         with ours, compat.ignoring_keras_variable_array_warning():
             warnings.warn(compat.KERAS_VARIABLE_ARRAY_WARNING, DeprecationWarning, stacklevel=1)
     assert config["optimizer"]["config"]["learning_rate"] == pytest.approx(0.01)
+
+
+def _dense_pair_with_a_thread_drawing_between():
+    """Two Dense layers; between their constructions another thread draws from Python's
+    `random` (what a Dask worker's event loop does at any moment)."""
+    import random
+    import threading
+
+    first = keras.layers.Dense(3)
+    drawer = threading.Thread(target=lambda: [random.random() for _ in range(5)])
+    drawer.start()
+    drawer.join()
+    second = keras.layers.Dense(3)
+    model = keras.Sequential([keras.Input((2,)), first, second])
+    return model.get_weights()
+
+
+def test_keras_default_seeds_make_the_weights_a_function_of_the_seed_alone():
+    keras.utils.set_random_seed(7)
+    reference = keras.Sequential(
+        [keras.Input((2,)), keras.layers.Dense(3), keras.layers.Dense(3)]
+    ).get_weights()
+    keras.utils.set_random_seed(7)
+    disturbed = _dense_pair_with_a_thread_drawing_between()
+    # The hazard is real: the other thread's draws changed the second layer's seed.
+    assert not np.array_equal(disturbed[2], reference[2])
+    keras.utils.set_random_seed(7)
+    with compat.keras_default_seeds(7):
+        guarded = _dense_pair_with_a_thread_drawing_between()
+    for got, want in zip(guarded, reference, strict=True):
+        np.testing.assert_array_equal(got, want)
+
+
+def test_keras_default_seeds_stand_in_for_random_where_keras_draws_them():
+    import random
+
+    from keras.src.random.seed_generator import make_default_seed
+
+    with compat.keras_default_seeds(11):
+        drawn = [make_default_seed(), keras.initializers.GlorotUniform().seed]
+        with compat.keras_default_seeds(12):
+            inner = make_default_seed()
+        drawn.append(make_default_seed())
+    expected = random.Random(11)
+    assert drawn == [expected.randint(1, int(1e9)) for _ in range(3)]
+    assert inner == random.Random(12).randint(1, int(1e9))
+    # Outside, Keras draws from Python's `random`, as it does without this package.
+    random.seed(5)
+    outside = make_default_seed()
+    random.seed(5)
+    assert outside == random.randint(1, int(1e9))

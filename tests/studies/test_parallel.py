@@ -169,17 +169,6 @@ def dask_client():
         yield client
 
 
-def _assert_same_numbers_known_issue(result, reference):
-    """`assert_same_runs`, where a difference is the known Dask issue: seen twice in full
-    CI-like runs under load (never alone), a Dask study's numbers differed from the same
-    study in fresh loky or in-process runs (moving statistics by 0.15-0.6). Not understood
-    yet; issue 25 stays open for it. The tests' other assertions stay strict."""
-    try:
-        assert_same_runs(result, reference)
-    except AssertionError as error:
-        pytest.xfail(f"known issue (issue 25): Dask runs differ from serial runs: {error}")
-
-
 @pytest.mark.slow
 def test_a_dask_local_cluster_study_equals_the_serial_study(
     in_fresh_processes, dask_client, tmp_path
@@ -194,7 +183,7 @@ def test_a_dask_local_cluster_study_equals_the_serial_study(
     assert [(r.config, r.seed) for r in result.runs] == [
         (r.config, r.seed) for r in in_fresh_processes.runs
     ]
-    _assert_same_numbers_known_issue(result, in_fresh_processes)
+    assert_same_runs(result, in_fresh_processes)
 
 
 @pytest.mark.slow
@@ -217,7 +206,7 @@ def test_a_worker_killed_under_dask_is_recovered(in_fresh_processes, dask_client
     assert pids[0] not in dask_client.run(os.getpid).values()
     keys = [(r.config, r.seed) for r in box["result"].runs]
     assert keys == [(r.config, r.seed) for r in in_fresh_processes.runs]  # each once, none lost
-    _assert_same_numbers_known_issue(box["result"], in_fresh_processes)
+    assert_same_runs(box["result"], in_fresh_processes)
 
 
 # --------------------------------------------------------------------------- Ray

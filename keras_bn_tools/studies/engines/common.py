@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from keras_bn_tools._keras_compat import keras_default_seeds
 from keras_bn_tools.graph import batchnorm_layers, layer_keys, statistic_variables
 from keras_bn_tools.studies.metrics import Metric, prepare_labels
 from keras_bn_tools.studies.protocol import Protocol, training_orders
@@ -174,11 +175,16 @@ def score_run(data: StudyData, orders: np.ndarray, raw: dict[str, Any]):
 
 def fresh_model(protocol: Protocol, config: str, seed: int) -> Any:
     """`keras.utils.set_random_seed(seed)`, then `protocol.build(config)`: every engine
-    starts the run of `seed` from these initial weights."""
+    starts the run of `seed` from these initial weights.
+
+    Keras's default seeds come from `random.Random(seed)` during the build
+    (`keras_default_seeds`), so that the weights are a function of the seed alone, in
+    whatever process and next to whatever threads (a Dask worker's) the run is."""
     import keras
 
     keras.utils.set_random_seed(seed)
-    model = protocol.build(config)
+    with keras_default_seeds(seed):
+        model = protocol.build(config)
     if not isinstance(model, keras.Model):
         raise TypeError(
             f"Protocol {protocol.name!r}: `build({config!r})` must return a keras.Model, "
