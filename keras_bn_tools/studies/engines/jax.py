@@ -25,6 +25,12 @@ from typing import Any
 
 import numpy as np
 
+from keras_bn_tools.studies.compile_cache import (
+    active_compile_cache,
+    load_program,
+    program_key,
+    save_program,
+)
 from keras_bn_tools.studies.engines.common import (
     RunSettings,
     StudyData,
@@ -182,10 +188,33 @@ class _Runner:
         orders = jax.ShapeDtypeStruct((size, self.settings.epochs, self.data.rows), np.int32)
         return (*stacked, orders, tuple(spec(a) for a in self._data))
 
+    def _lower(self, size: int) -> Any:
+        """The program for `size` seeds, lowered: the one saved in the compilation cache
+        for this config, when there is one (no tracing), else traced, and saved there
+        for the next process when the cache is on and `program_key` allows it."""
+        import jax
+
+        specs = self._specs(size)
+        key = None
+        if active_compile_cache() is not None:
+            key = program_key(self.model, self.optimizer, self.protocol.loss, size=size,
+                              epochs=self.settings.epochs, batch_size=self.settings.batch_size,
+                              arguments=repr(specs))  # fmt: skip
+        if key is None:
+            return self._function.lower(*specs)
+        blob = load_program(key)
+        if blob is None:
+            exported = jax.export.export(self._function)(*specs)
+            save_program(key, exported.serialize())
+        else:
+            exported = jax.export.deserialize(bytearray(blob))
+        # The exported program compiles to the same executable as the traced one.
+        return jax.jit(exported.call).lower(*specs)
+
     def _compile_async(self, size: int):
         """Lower now, compile in a thread (XLA releases the GIL) while the caller builds
         the seeds' fresh models; the returned `wait()` gives the executable."""
-        lowered = self._function.lower(*self._specs(size))
+        lowered = self._lower(size)
         pool = ThreadPoolExecutor(max_workers=1)
         compiling = pool.submit(_compile, lowered)
         pool.shutdown(wait=False)  # the compile runs on; its thread ends with it
