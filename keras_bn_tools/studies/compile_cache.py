@@ -32,11 +32,12 @@ import functools
 import hashlib
 import json
 import os
-import tempfile
 import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
+
+from keras_bn_tools._files import atomic_write_bytes
 
 __all__ = ["ENV", "MIN_COMPILE_SECONDS", "PROGRAMS", "active_compile_cache", "default_location",
            "load_program", "program_key", "save_program", "use_compile_cache"]  # fmt: skip
@@ -198,11 +199,9 @@ def load_program(key: str) -> bytes | None:
 
 def save_program(key: str, blob: bytes) -> None:
     """Save a program under `key` in the active cache (nothing without one): whole or
-    not at all (written beside, then renamed), with its checksum."""
+    not at all (`atomic_write_bytes`), with its checksum."""
     path = _program_path(key)
     if path is None:
         return
     path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile(dir=path.parent, suffix=".tmp", delete=False) as file:
-        file.write(hashlib.sha256(blob).digest() + blob)
-    os.replace(file.name, path)
+    atomic_write_bytes(path, hashlib.sha256(blob).digest() + blob)

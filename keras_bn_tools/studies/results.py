@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 
+from keras_bn_tools._files import atomic_write_text
 from keras_bn_tools.studies.runs import BOUNDS, LABELS, METRICS, RunResult, curve_names
 from keras_bn_tools.studies.statistics import describe, describe_epochs, format_seeds, format_table
 
@@ -141,7 +142,7 @@ class StudyResult:
     def to_json(self, path: str | os.PathLike, *, moving_stats: bool = False) -> None:
         """Write `to_dict()` as JSON (atomically: a temporary file, then `os.replace`)."""
         text = json.dumps(self.to_dict(moving_stats=moving_stats), indent=1)
-        _atomic_write_text(path, text + "\n")
+        atomic_write_text(path, text + "\n")
 
     @classmethod
     def from_json(cls, path: str | os.PathLike) -> StudyResult:
@@ -199,7 +200,7 @@ class StudyResult:
                      self.metric, self.mode, run.settings.get("epochs", self.epochs),
                      run.settings.get("batch_size", self.batch_size)]
                 )  # fmt: skip
-        _atomic_write_text(path, buffer.getvalue())
+        atomic_write_text(path, buffer.getvalue())
 
     def moving_stats_arrays(self) -> dict[str, np.ndarray]:
         """`"config/seed/layer/stat"` -> array `(epochs, features)`, for `np.savez`."""
@@ -267,16 +268,3 @@ def _format(value: float, name: str) -> str:
 
 def _settings(overrides: dict[str, Any]) -> str:
     return ", ".join(f"{name.replace('_', ' ')} {value}" for name, value in overrides.items())
-
-
-def _atomic_write_text(path: str | os.PathLike, text: str) -> None:
-    path = os.fspath(path)
-    directory = os.path.dirname(os.path.abspath(path))
-    tmp = os.path.join(directory, f".{os.path.basename(path)}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "w", encoding="utf-8", newline="") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)

@@ -36,7 +36,6 @@ import dataclasses
 import hashlib
 import json
 import os
-import threading
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -44,7 +43,8 @@ from urllib.parse import quote, unquote
 
 import numpy as np
 
-from keras_bn_tools.studies.protocol import Protocol
+from keras_bn_tools._files import atomic_write_bytes
+from keras_bn_tools.studies.fingerprint import differences, run_fingerprint
 from keras_bn_tools.studies.results import RunResult
 
 __all__ = [
@@ -53,11 +53,6 @@ __all__ = [
     "CorruptRunFileError",
     "RunStore",
     "StudyMismatchError",
-    "config_fingerprint",
-    "describe",
-    "differences",
-    "run_fingerprint",
-    "study_fingerprint",
 ]
 
 #: The version of the run-file format.
@@ -66,12 +61,8 @@ FORMAT = 1
 RUNS_DIR = "runs"
 _STUDY_FILE = "study.json"
 _KIND = "keras-bn-tools run"
-_WRITE_TRIES = 3
 #: `RunResult` fields that are not saved: objects of the user's, made per process.
 _NOT_SAVED = ("callbacks",)
-#: Protocol fields that are not part of the study's fingerprint: prose, and the
-#: configs, each of which is part of its own runs' fingerprint instead.
-_NOT_FINGERPRINTED = ("description", "configs", "default_configs")
 
 
 class CorruptRunFileError(ValueError):
@@ -80,137 +71,6 @@ class CorruptRunFileError(ValueError):
 
 class StudyMismatchError(ValueError):
     """Saved runs whose fingerprint differs from the study being run."""
-
-
-# --------------------------------------------------------------------------- fingerprints
-
-
-def describe(value: Any) -> Any:
-    """`value` as plain JSON types that identify it the same way in every process.
-
-    Callables by `module:qualname` (a factory named `optimizer` by what it
-    makes), Keras objects by class and `get_config()` (less their `name`,
-    which Keras numbers per process), dataclasses field by field.
-    """
-    if value is None or isinstance(value, bool | int | str):
-        return value
-    if isinstance(value, float):
-        return value if np.isfinite(value) else repr(value)
-    if isinstance(value, np.generic):
-        return describe(value.item())
-    if isinstance(value, np.ndarray):
-        return {"array": _digest_arrays([value])}
-    if isinstance(value, Mapping):
-        return {str(k): describe(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [describe(v) for v in value]
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        out = {"type": _qualname(type(value))}
-        for f in dataclasses.fields(value):
-            item = getattr(value, f.name)
-            if f.name == "optimizer" and callable(item):
-                item = item()  # a factory: what it makes defines the runs
-            out[f.name] = describe(item)
-        return out
-    if hasattr(value, "get_config") and not isinstance(value, type):
-        config = {k: v for k, v in value.get_config().items() if k != "name"}
-        return {"type": _qualname(type(value)), "config": describe(config)}
-    if callable(value):
-        return _qualname(value)
-    return repr(value)
-
-
-def _qualname(obj: Any) -> str:
-    module = getattr(obj, "__module__", None) or "?"
-    return f"{module}:{getattr(obj, '__qualname__', type(obj).__qualname__)}"
-
-
-def _digest_arrays(arrays: Iterable[np.ndarray]) -> str:
-    sha = hashlib.sha256()
-    for array in arrays:
-        array = np.ascontiguousarray(array)
-        sha.update(f"{array.dtype.str}{array.shape}".encode())
-        sha.update(array.tobytes())
-    return sha.hexdigest()
-
-
-def study_fingerprint(
-    protocol: Protocol,
-    *,
-    data: Iterable[np.ndarray],
-    epochs: int,
-    batch_size: int,
-    shuffle: str,
-    engine: str,
-    backend: str,
-    options: Mapping[str, Any] | None = None,
-) -> dict[str, Any]:
-    """What every run of a study shares: protocol, data, settings, engine, versions.
-
-    Args:
-        protocol: the study's protocol (its fields other than prose and configs).
-        data: the training and test arrays the runs see (digested).
-        epochs: epochs per run.
-        batch_size: the training batch size.
-        shuffle: the data order (`"epoch"`, `"once"` or `"none"`).
-        engine: the engine that runs (`"compiled"` or `"fit"`).
-        backend: the Keras backend.
-        options: engine options that change numbers (e.g. `jit_compile`).
-    """
-    import keras
-
-    from keras_bn_tools import __version__
-
-    fields = {
-        f.name: describe(getattr(protocol, f.name))
-        for f in dataclasses.fields(protocol)
-        if f.name not in _NOT_FINGERPRINTED
-    }
-    fields["optimizer"] = describe(protocol.optimizer())
-    return {
-        "protocol": fields,
-        "data": _digest_arrays(data),
-        "epochs": epochs,
-        "batch_size": batch_size,
-        "shuffle": shuffle,
-        "engine": engine,
-        "backend": backend,
-        "options": describe(dict(options or {})),
-        "versions": {"keras_bn_tools": __version__, "keras": keras.__version__},
-    }
-
-
-def config_fingerprint(protocol: Protocol, config: str, settings: Any) -> dict[str, Any]:
-    """What defines a config's runs: its name, its entry in `protocol.configs` (a
-    description, or a `Config` with its overrides), and the settings its runs train
-    with (`settings`, a `RunSettings`: epochs, batch size, data order, optimizer)."""
-    effective = {f.name: describe(getattr(settings, f.name))
-                 for f in dataclasses.fields(settings) if f.name != "optimizer"}  # fmt: skip
-    effective["optimizer"] = describe(settings.make_optimizer(protocol))
-    return {"name": config, "settings": describe(protocol.configs[config]),
-            "effective": effective}  # fmt: skip
-
-
-def run_fingerprint(study: Mapping[str, Any], config: Mapping[str, Any],
-                    seed: int) -> dict[str, Any]:  # fmt: skip
-    """The fingerprint of one run: the study's, its config's (`config_fingerprint`), its seed."""
-    return {"study": dict(study), "config": dict(config), "seed": int(seed)}
-
-
-def differences(saved: Any, now: Any, prefix: str = "") -> list[str]:
-    """`"field: saved X, now Y"` for every leaf that differs between two fingerprints."""
-    if isinstance(saved, Mapping) and isinstance(now, Mapping):
-        out = []
-        for key in list(saved) + [k for k in now if k not in saved]:
-            name = f"{prefix}.{key}" if prefix else str(key)
-            if key not in now:
-                out.append(f"{name}: saved {saved[key]!r}, now absent")
-            elif key not in saved:
-                out.append(f"{name}: saved absent, now {now[key]!r}")
-            else:
-                out.extend(differences(saved[key], now[key], name))
-        return out
-    return [] if saved == now else [f"{prefix or 'fingerprint'}: saved {saved!r}, now {now!r}"]
 
 
 # --------------------------------------------------------------------------- encoding
@@ -283,49 +143,7 @@ def decode_run(data: bytes, path: str | os.PathLike = "<bytes>") -> tuple[RunRes
         raise corrupt(f"unreadable run: {error}") from None
 
 
-# --------------------------------------------------------------------------- files
-
-
-def _fsync_directory(directory: Path) -> None:
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:  # pragma: no cover - e.g. Windows: no directory handles
-        return
-    try:
-        os.fsync(fd)
-    except OSError:  # pragma: no cover - some file systems refuse
-        pass
-    finally:
-        os.close(fd)
-
-
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    """Write `data` to `path` so that `path` is either its old self or all of `data`.
-
-    The bytes go to a temporary file beside `path`, which is `fsync`ed and read
-    back: a torn or short write (a full disk, a flaky network file system) is
-    detected and written again, up to three times, then raised as `OSError`.
-    Only a verified file is renamed over `path` (`os.replace`, atomic on POSIX
-    and Windows), and the folder is `fsync`ed so that the rename survives a
-    power cut.
-    """
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}-{threading.get_ident()}.tmp")
-    try:
-        for _ in range(_WRITE_TRIES):
-            with open(tmp, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-            if tmp.read_bytes() == data:
-                break
-        else:
-            raise OSError(f"could not write {str(path)!r}: {_WRITE_TRIES} torn writes in a row")
-        os.replace(tmp, path)
-        _fsync_directory(path.parent)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+# --------------------------------------------------------------------------- the folder
 
 
 class RunStore:

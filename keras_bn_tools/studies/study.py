@@ -170,7 +170,8 @@ def execute(plan: StudyPlan, data: Any, *, n_jobs: int = 1, store: Any = None,
 
 def open_store(plan: StudyPlan, data: Any, out: str | os.PathLike, *, resume: bool) -> Any:
     """The `RunStore` of `out` for `plan`, checked (`RunStore.open`)."""
-    from keras_bn_tools.studies.store import RunStore, config_fingerprint, study_fingerprint
+    from keras_bn_tools.studies.fingerprint import config_fingerprint, study_fingerprint
+    from keras_bn_tools.studies.store import RunStore
 
     fingerprint = study_fingerprint(
         plan.protocol, data=(data.train_x, data.train_y, data.test_x, data.test_y),

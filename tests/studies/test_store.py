@@ -14,16 +14,15 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 from study_protocols import BLOBS
 
+from keras_bn_tools._files import atomic_write_bytes
 from keras_bn_tools.studies import RunResult, run_study
 from keras_bn_tools.studies import store as store_module
+from keras_bn_tools.studies.fingerprint import describe, differences
 from keras_bn_tools.studies.store import (
     CorruptRunFileError,
     RunStore,
     StudyMismatchError,
-    atomic_write_bytes,
     decode_run,
-    describe,
-    differences,
     encode_run,
 )
 
