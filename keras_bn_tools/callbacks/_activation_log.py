@@ -16,6 +16,7 @@ from typing import Any, BinaryIO
 
 import numpy as np
 
+from keras_bn_tools._files import atomic_write_text
 from keras_bn_tools.callbacks.stats_log import INDEX_FIELDS, MovingStatsLog, read_header
 
 __all__ = [
@@ -147,9 +148,7 @@ def create_log_files(log_dir: str, log: ActivationLog) -> BinaryIO:
         header_path = os.path.join(log_dir, ACTIVATION_HEADER_FILE)
         records_path = os.path.join(log_dir, ACTIVATION_RECORDS_FILE)
         records = open(records_path, "xb", buffering=0)  # noqa: SIM115 - kept open by the caller
-        with open(header_path + ".tmp", "w", encoding="utf-8") as f:
-            json.dump(log.header(), f, indent=1)
-        os.replace(header_path + ".tmp", header_path)
+        atomic_write_text(header_path, json.dumps(log.header(), indent=1))
     except OSError as error:
         if records is not None:
             records.close()

@@ -33,6 +33,8 @@ from typing import Any, BinaryIO
 
 import numpy as np
 
+from keras_bn_tools._files import atomic_write_text
+
 __all__ = [
     "FORMAT",
     "HEADER_FILE",
@@ -300,7 +302,5 @@ def open_for_append(log_dir: str, new: MovingStatsLog) -> tuple[MovingStatsLog, 
     else:
         log = new
         open(records_path, "xb").close()
-        with open(header_path + ".tmp", "w", encoding="utf-8") as f:
-            json.dump(log.header(), f, indent=1)
-        os.replace(header_path + ".tmp", header_path)
+        atomic_write_text(header_path, json.dumps(log.header(), indent=1))
     return log, open(records_path, "ab", buffering=0)
