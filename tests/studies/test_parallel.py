@@ -209,6 +209,23 @@ def test_a_worker_killed_under_dask_is_recovered(in_fresh_processes, dask_client
     assert_same_runs(box["result"], in_fresh_processes)
 
 
+@pytest.mark.slow
+def test_a_local_dask_cluster_of_ours_turns_its_diagnostics_down():
+    pytest.importorskip("distributed")
+    import dask
+    import distributed
+
+    def settings():
+        return {key: dask.config.get(key) for key in parallel.QUIET_LOCAL_DASK}
+
+    before = settings()
+    with parallel.cluster_backend("dask", workers=1):
+        on_workers = list(distributed.get_client().run(settings).values())
+    assert on_workers == [parallel.QUIET_LOCAL_DASK]
+    assert settings() == before  # this process's configuration is left as it was
+    assert before != parallel.QUIET_LOCAL_DASK
+
+
 # --------------------------------------------------------------------------- Ray
 
 
