@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from keras_bn_tools import graph
-from keras_bn_tools.graph import batchnorm_layers, layer_keys, statistic_variables
+from keras_bn_tools.graph import batchnorm_layers, find_layers, layer_keys, statistic_variables
 from keras_bn_tools.layers import MomentumBatchNormalization
 
 pytestmark = pytest.mark.backend_agnostic
@@ -31,6 +31,24 @@ def test_batchnorm_layers_finds_bn_inside_wrappers_nested_models_in_call_order()
     outputs = MomentumBatchNormalization(name="outer")(x)
     model = keras.Model(inputs, outputs)
     assert [layer.name for layer in batchnorm_layers(model)] == ["wrapped", "inner", "outer"]
+
+
+def test_find_layers_lists_a_shared_layer_once_and_unwraps_only_when_asked():
+    shared = keras.layers.Dense(4, activation="relu", name="shared")
+    block = keras.Sequential([keras.Input((4,)), shared], name="block")
+    inputs = keras.Input((2, 4))
+    x = keras.layers.TimeDistributed(keras.layers.Dense(4, activation="relu", name="td"))(inputs)
+    x = keras.layers.Flatten()(x)
+    x = keras.layers.Dense(4, name="linear")(x)
+    outputs = block(shared(x))
+    model = keras.Model(inputs, outputs)
+
+    def is_relu_dense(layer):
+        return isinstance(layer, keras.layers.Dense) and layer.activation is keras.activations.relu
+
+    assert [layer.name for layer in find_layers(model, is_relu_dense)] == ["shared"]
+    unwrapped = find_layers(model, is_relu_dense, unwrap=True)
+    assert [layer.name for layer in unwrapped] == ["td", "shared"]
 
 
 @pytest.mark.parametrize("value", [None, keras.layers.Dense(2), "model", 3])

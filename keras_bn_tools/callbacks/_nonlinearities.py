@@ -16,6 +16,8 @@ from typing import Any
 import keras
 import numpy as np
 
+from keras_bn_tools.graph import find_layers, layer_keys
+
 __all__ = ["capturing_inputs", "nonlinearity_layers", "unit_axis_of", "unit_percentiles"]
 
 # Layers whose `activation` attribute is applied to their (linear) output. RNN layers also
@@ -69,30 +71,8 @@ def nonlinearity_layers(model: keras.Model) -> list[tuple[str, keras.layers.Laye
     `activation`. Keys are layer names; a name repeated in nested models gets
     `#2`, `#3`, ...
     """
-    if not isinstance(model, keras.Model):
-        raise TypeError(f"`model` must be a keras.Model, got {model!r} ({type(model).__name__}).")
-    found: list[keras.layers.Layer] = []
-    seen: set[int] = set()
-
-    def visit(layer: keras.layers.Layer) -> None:
-        if id(layer) in seen:
-            return
-        seen.add(id(layer))
-        if isinstance(layer, keras.Model):
-            for inner in layer.layers:
-                visit(inner)
-        elif _nonlinearity_kind(layer) is not None:
-            found.append(layer)
-
-    for layer in model.layers:
-        visit(layer)
-    counts: dict[str, int] = {}
-    keyed = []
-    for layer in found:
-        counts[layer.name] = counts.get(layer.name, 0) + 1
-        n = counts[layer.name]
-        keyed.append((layer.name if n == 1 else f"{layer.name}#{n}", layer))
-    return keyed
+    layers = find_layers(model, lambda layer: _nonlinearity_kind(layer) is not None)
+    return list(zip(layer_keys(layers), layers, strict=True))
 
 
 @contextmanager

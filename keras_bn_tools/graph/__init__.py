@@ -2,8 +2,10 @@
 
 Everything in this package that looks into a model or rebuilds one goes through
 here: `batchnorm_layers` (public) finds BN layers, nested models and wrappers
-included; `clone_model(model, policy)` rebuilds a Sequential or functional model,
-layer by layer, asking a `Policy` what becomes of each layer. Inserting BN
+included, through `find_layers`, the one walk over a model's layers (the
+activation tracker finds nonlinearities with it); `clone_model(model, policy)`
+rebuilds a Sequential or functional model, layer by layer, asking a `Policy`
+what becomes of each layer. Inserting BN
 (`rewrite.insert_batchnorm`), converting BN classes (`convert.convert_batchnorm`),
 folding BN away (`folding.fold_batchnorm`) and freezing BN are each one policy.
 
@@ -65,6 +67,7 @@ from keras_bn_tools.graph.find import (
     BN_STATISTICS,
     batchnorm_layers,
     batchnorm_of,
+    find_layers,
     keyed_batchnorm_layers,
     layer_keys,
     num_inputs,
@@ -92,6 +95,7 @@ __all__ = [
     "check_graph_model",
     "clone_model",
     "copy_layer",
+    "find_layers",
     "keyed_batchnorm_layers",
     "layer_keys",
     "num_inputs",

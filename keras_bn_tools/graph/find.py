@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import keras
@@ -14,6 +14,7 @@ __all__ = [
     "BN_STATISTICS",
     "batchnorm_layers",
     "batchnorm_of",
+    "find_layers",
     "keyed_batchnorm_layers",
     "layer_keys",
     "num_inputs",
@@ -39,19 +40,13 @@ def batchnorm_of(layer: Any) -> keras.layers.Layer | None:
     return layer if is_batchnorm(layer) else None
 
 
-def batchnorm_layers(model: keras.Model) -> list[keras.layers.BatchNormalization]:
-    """Every batch normalization layer of `model`, nested models included, in call order.
+def find_layers(model: keras.Model, matches: Callable[[keras.layers.Layer], bool], *,
+                unwrap: bool = False) -> list[keras.layers.Layer]:  # fmt: skip
+    """Every layer of `model` that `matches`, nested models included, in call order.
 
-    `keras_bn_tools.layers.MomentumBatchNormalization` subclasses
-    `keras.layers.BatchNormalization`, so both are found. BN inside a wrapper
-    (`keras.layers.TimeDistributed(keras.layers.BatchNormalization())`) is
-    found too. A layer shared by several nested models is listed once.
-
-    Args:
-        model: a built or unbuilt Keras model.
-
-    Returns:
-        A list of BN layers, outermost first, in the order the model calls them.
+    The one walk over a model's layers: a layer shared by several nested models
+    is listed once, and with `unwrap` a wrapper that does not match is looked
+    into (`TimeDistributed(BatchNormalization())`).
 
     Raises:
         TypeError: if `model` is not a `keras.Model` (a single layer is not a model:
@@ -69,11 +64,9 @@ def batchnorm_layers(model: keras.Model) -> list[keras.layers.BatchNormalization
         if id(layer) in seen:
             return
         seen.add(id(layer))
-        if is_batchnorm(layer):
+        if matches(layer):
             found.append(layer)
-        elif isinstance(layer, keras.layers.Wrapper):
-            # TimeDistributed(BatchNormalization()) and the like: the BN is the
-            # wrapped layer, and its statistics are what a user means to track.
+        elif unwrap and isinstance(layer, keras.layers.Wrapper):
             visit(layer.layer)
         elif isinstance(layer, keras.Model):
             for inner in layer.layers:
@@ -82,6 +75,28 @@ def batchnorm_layers(model: keras.Model) -> list[keras.layers.BatchNormalization
     for layer in model.layers:
         visit(layer)
     return found
+
+
+def batchnorm_layers(model: keras.Model) -> list[keras.layers.BatchNormalization]:
+    """Every batch normalization layer of `model`, nested models included, in call order.
+
+    `keras_bn_tools.layers.MomentumBatchNormalization` subclasses
+    `keras.layers.BatchNormalization`, so both are found. BN inside a wrapper
+    (`keras.layers.TimeDistributed(keras.layers.BatchNormalization())`) is
+    found too: its statistics are what a user means to track. A layer shared by
+    several nested models is listed once.
+
+    Args:
+        model: a built or unbuilt Keras model.
+
+    Returns:
+        A list of BN layers, outermost first, in the order the model calls them.
+
+    Raises:
+        TypeError: if `model` is not a `keras.Model` (a single layer is not a model:
+            wrap it, e.g. `keras.Sequential([layer])`).
+    """
+    return find_layers(model, is_batchnorm, unwrap=True)
 
 
 def num_inputs(model: keras.Model) -> int | None:
