@@ -17,7 +17,7 @@ from typing import Any, BinaryIO
 import numpy as np
 
 from keras_bn_tools._files import atomic_write_text
-from keras_bn_tools.callbacks.stats_log import INDEX_FIELDS, MovingStatsLog, read_header
+from keras_bn_tools.callbacks.stats_log import INDEX_FIELDS, MovingStatsLog, read_log_files
 
 __all__ = [
     "ACTIVATION_HEADER_FILE",
@@ -107,21 +107,11 @@ class ActivationLog(MovingStatsLog):
             FileNotFoundError: if the header or the records file is missing.
             ValueError: if the header is not an activation log's.
         """
-        header_path = os.path.join(log_dir, ACTIVATION_HEADER_FILE)
-        records_path = os.path.join(log_dir, ACTIVATION_RECORDS_FILE)
-        for path in (header_path, records_path):
-            if not os.path.exists(path):
-                raise FileNotFoundError(
-                    f"No activation log in `log_dir`={os.fspath(log_dir)!r}: "
-                    f"{os.path.basename(path)} is missing."
-                )
-        header = read_header(header_path)
+        header_path, header, records = read_log_files(
+            log_dir, ACTIVATION_HEADER_FILE, ACTIVATION_RECORDS_FILE, "activation log"
+        )
         if header.get("kind") != LOG_KIND or "percentiles" not in header:
             raise ValueError(f"{header_path} is not an ActivationTracker log header.")
-        with open(records_path, "rb") as f:
-            raw = f.read()
-        dtype = header["dtype"]
-        records = np.frombuffer(raw, dtype=dtype, count=len(raw) // dtype.itemsize).copy()
         return cls(
             header["fields"],
             every=header["every"],

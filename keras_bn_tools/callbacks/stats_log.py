@@ -44,6 +44,7 @@ __all__ = [
     "check_continues",
     "open_for_append",
     "read_header",
+    "read_log_files",
 ]
 
 HEADER_FILE = "moving_stats.json"
@@ -170,20 +171,9 @@ class MovingStatsLog:
                 (naming the file and what is wrong), or disagrees with the
                 records file.
         """
-        header_path = os.path.join(log_dir, HEADER_FILE)
-        records_path = os.path.join(log_dir, RECORDS_FILE)
-        for path in (header_path, records_path):
-            if not os.path.exists(path):
-                raise FileNotFoundError(
-                    f"No complete moving-statistics log in `log_dir`={os.fspath(log_dir)!r}: "
-                    f"{os.path.basename(path)} is missing."
-                )
-        header = read_header(header_path)
-        with open(records_path, "rb") as f:
-            raw = f.read()
-        dtype = header["dtype"]
-        count = len(raw) // dtype.itemsize  # a torn last record is dropped
-        records = np.frombuffer(raw, dtype=dtype, count=count).copy()
+        _, header, records = read_log_files(
+            log_dir, HEADER_FILE, RECORDS_FILE, "complete moving-statistics log"
+        )
         return cls(
             header["fields"],
             every=header["every"],
@@ -219,6 +209,30 @@ def _check_field(path: str, index: int, field: Any) -> None:
         ) from error
     if "layer" in field and not isinstance(field.get("stat"), str):
         raise _header_error(path, f"`fields[{index}]` names a layer but no 'stat'")
+
+
+def read_log_files(log_dir: str | os.PathLike, header_file: str, records_file: str,
+                   what: str) -> tuple[str, dict[str, Any], np.ndarray]:  # fmt: skip
+    """`(header path, header, records)` of a log in this record format (`read_header`'s
+    checks; a torn last record is dropped).
+
+    Raises:
+        FileNotFoundError: naming the missing file and `log_dir` ("No `what` in ...").
+    """
+    header_path = os.path.join(log_dir, header_file)
+    records_path = os.path.join(log_dir, records_file)
+    for path in (header_path, records_path):
+        if not os.path.exists(path):
+            raise FileNotFoundError(
+                f"No {what} in `log_dir`={os.fspath(log_dir)!r}: "
+                f"{os.path.basename(path)} is missing."
+            )
+    header = read_header(header_path)
+    with open(records_path, "rb") as f:
+        raw = f.read()
+    dtype = header["dtype"]
+    records = np.frombuffer(raw, dtype=dtype, count=len(raw) // dtype.itemsize).copy()
+    return header_path, header, records
 
 
 def read_header(path: str) -> dict[str, Any]:
