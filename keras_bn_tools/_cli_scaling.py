@@ -4,7 +4,7 @@
 
 - `--jobs N` is `run_study(n_jobs=N)`; `--cluster dask|ray` runs the jobs on a
   Dask or Ray cluster (`--address` of a running one, else a local one of
-  `--jobs` workers) through `keras_bn_tools.studies.parallel.cluster_backend`.
+  `--jobs` workers) through `keras_bn_tools.studies.clusters.cluster_backend`.
 - `--resume` is `run_study(out=..., resume=True)` on `--out`'s `runs/` folder.
 - `--compile-cache DIR|off` is JAX's persistent compilation cache (default:
   `keras_bn_tools.studies.compile_cache.default_location()`).
@@ -29,7 +29,7 @@ def check_scaling(args: argparse.Namespace, backend: str, *, experiment: bool = 
     """Check the scaling options before any work; return the compile cache folder
     to use (None: none)."""
     from keras_bn_tools.studies import compile_cache
-    from keras_bn_tools.studies.parallel import check_cluster_backend
+    from keras_bn_tools.studies.clusters import check_cluster_backend
 
     if experiment and (args.jobs != 1 or args.resume or args.cluster != "loky"):
         raise UsageError(
@@ -78,7 +78,7 @@ def scaled(args: argparse.Namespace, cache: str | None) -> Iterator[None]:
     if args.cluster == "loky":
         yield
         return
-    from keras_bn_tools.studies.parallel import cluster_backend
+    from keras_bn_tools.studies.clusters import cluster_backend
 
     workers = None if args.jobs == -1 else args.jobs
     with cluster_backend(args.cluster, address=args.address, workers=workers):

@@ -14,7 +14,7 @@ import pytest
 from study_protocols import BLOBS
 from test_store import assert_same_runs
 
-from keras_bn_tools.studies import parallel, run_study
+from keras_bn_tools.studies import clusters, parallel, run_study
 from keras_bn_tools.studies.parallel import Unit, check_n_jobs, plan_units
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -52,20 +52,6 @@ def test_units_come_from_the_seed_list_not_from_n_jobs():
     # An engine whose numbers depend on its group trains a partly finished unit whole.
     whole = plan_units(["a", "b"], seeds, done=done, whole_units=True)
     assert whole[0] == Unit("a", tuple(range(10)), (0, 1, 2, *range(5, 10)))
-
-
-def test_a_cluster_backend_without_its_package_is_refused(monkeypatch):
-    monkeypatch.setitem(sys.modules, "distributed", None)  # import fails
-    monkeypatch.setitem(sys.modules, "ray", None)
-    with pytest.raises(ValueError, match=r"'dask'.*'distributed'.*keras-bn-tools\[dask\]"):
-        parallel.check_cluster_backend("dask")
-    with (
-        pytest.raises(ValueError, match=r"'ray'.*keras-bn-tools\[ray\]"),
-        parallel.cluster_backend("ray"),
-    ):
-        pytest.fail("ran without ray")
-    with pytest.raises(ValueError, match="'loky', 'dask' or 'ray'"):
-        parallel.check_cluster_backend("spark")
 
 
 @pytest.mark.slow
@@ -209,23 +195,6 @@ def test_a_worker_killed_under_dask_is_recovered(in_fresh_processes, dask_client
     assert_same_runs(box["result"], in_fresh_processes)
 
 
-@pytest.mark.slow
-def test_a_local_dask_cluster_of_ours_turns_its_diagnostics_down():
-    pytest.importorskip("distributed")
-    import dask
-    import distributed
-
-    def settings():
-        return {key: dask.config.get(key) for key in parallel.QUIET_LOCAL_DASK}
-
-    before = settings()
-    with parallel.cluster_backend("dask", workers=1):
-        on_workers = list(distributed.get_client().run(settings).values())
-    assert on_workers == [parallel.QUIET_LOCAL_DASK]
-    assert settings() == before  # this process's configuration is left as it was
-    assert before != parallel.QUIET_LOCAL_DASK
-
-
 # --------------------------------------------------------------------------- Ray
 
 
@@ -236,7 +205,7 @@ def test_a_local_ray_study_equals_the_serial_study(serial, tmp_path):
         reason="Ray is not in the test extra (pip install "
         "'keras-bn-tools[ray]' to run this test); docs/scaling.md",
     )
-    with parallel.cluster_backend("ray", workers=2):
+    with clusters.cluster_backend("ray", workers=2):
         result = run_study(BLOBS, **STUDY, n_jobs=-1, out=tmp_path)
     assert_same_runs(result, serial)
     assert len(list((tmp_path / "runs").glob("*/seed-*.json"))) == 6
