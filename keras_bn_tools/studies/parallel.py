@@ -254,8 +254,14 @@ def worker_threads(n_jobs: int, units: int) -> int:
     (`$KERAS_BN_TOOLS_WORKER_THREADS` if set)."""
     import joblib
 
-    if os.environ.get(THREADS_ENV):
-        return max(1, int(os.environ[THREADS_ENV]))
+    setting = os.environ.get(THREADS_ENV, "").strip()
+    if setting:
+        if not setting.isdigit() or int(setting) < 1:  # isdigit: no sign, no decimal point
+            raise ValueError(
+                f"${THREADS_ENV}={setting!r}: the threads each worker may use must be a whole "
+                "number >= 1; unset it to share this machine's cores among the workers."
+            )
+        return int(setting)
 
     workers = max(1, min(joblib.effective_n_jobs(n_jobs), units))
     return max(1, (os.cpu_count() or 1) // workers)

@@ -54,6 +54,25 @@ def test_units_come_from_the_seed_list_not_from_n_jobs():
     assert whole[0] == Unit("a", tuple(range(10)), (0, 1, 2, *range(5, 10)))
 
 
+def test_worker_threads_share_the_cores_unless_the_environment_sets_them(monkeypatch):
+    monkeypatch.delenv(parallel.THREADS_ENV, raising=False)
+    cores = os.cpu_count() or 1
+    assert parallel.worker_threads(2, units=5) == max(1, cores // 2)
+    assert parallel.worker_threads(8, units=1) == cores  # one unit: one worker at a time
+    monkeypatch.setenv(parallel.THREADS_ENV, " 3 ")
+    assert parallel.worker_threads(2, units=5) == 3
+
+
+@pytest.mark.parametrize("setting", ["abc", "0", "-2", "1.5", "2 threads"])
+def test_a_bad_worker_threads_setting_is_refused_naming_it(monkeypatch, setting):
+    monkeypatch.setenv(parallel.THREADS_ENV, setting)
+    with pytest.raises(ValueError, match=rf"\$KERAS_BN_TOOLS_WORKER_THREADS={setting!r}: .*>= 1"):
+        parallel.worker_threads(2, units=5)
+    # A study refuses it before any run starts.
+    with pytest.raises(ValueError, match="KERAS_BN_TOOLS_WORKER_THREADS"):
+        run_study(BLOBS, **STUDY, n_jobs=2)
+
+
 @pytest.mark.slow
 def test_two_loky_jobs_equal_the_serial_study_with_one_thread_each(serial, tmp_path):
     import joblib
