@@ -20,6 +20,7 @@ __all__ = [
     "check_channel_axis",
     "check_choice",
     "check_epsilon",
+    "check_every",
     "check_float_array",
     "check_int_in_range",
     "check_int_sequence",
@@ -87,6 +88,18 @@ def check_positive_int(name: str, value: Any, *, allow_none: bool = False) -> in
     if value < 1:
         raise ValueError(f"`{name}` must be a positive integer (>= 1), got {value!r}.")
     return int(value)
+
+
+def check_every(every: Any) -> str | int:
+    """A callback's recording period: `"epoch"`, or batches (`"batch"` is 1, or an int >= 1)."""
+    if isinstance(every, str) and every in ("epoch", "batch"):
+        return 1 if every == "batch" else every
+    rule = f'`every` must be "epoch", "batch" or a positive integer (batches), got {every!r}.'
+    if isinstance(every, bool) or not isinstance(every, str | numbers.Integral):
+        raise TypeError(rule)
+    if isinstance(every, str) or every < 1:
+        raise ValueError(rule)
+    return int(every)
 
 
 def check_int_sequence(name: str, value: Any, *, allow_empty: bool = False) -> tuple[int, ...]:

@@ -146,3 +146,16 @@ def test_check_layer_names():
         check_layer_names(3, none_means="all")
     with pytest.raises(ValueError, match=r"`layers` must be None \(every layer\) or name"):
         check_layer_names([], none_means="every layer")
+
+
+@pytest.mark.backend_agnostic
+def test_check_every_is_the_one_rule_of_both_trackers():
+    assert v.check_every("epoch") == "epoch"
+    assert v.check_every("batch") == 1
+    assert v.check_every(np.int64(3)) == 3 and type(v.check_every(np.int64(3))) is int
+    rule = r'`every` must be "epoch", "batch" or a positive integer \(batches\), got '
+    for bad, error in (("step", ValueError), (0, ValueError), (-2, ValueError),
+                       (True, TypeError), (1.5, TypeError), (None, TypeError),
+                       (np.array([1, 2]), TypeError)):  # fmt: skip
+        with pytest.raises(error, match=rule):
+            v.check_every(bad)

@@ -13,7 +13,7 @@ import numpy as np
 
 from keras_bn_tools._validation import check_layer_names
 
-__all__ = ["check_every", "check_layers", "check_percentiles", "check_probe", "check_probe_fits"]
+__all__ = ["check_layers", "check_percentiles", "check_probe", "check_probe_fits"]
 
 
 def check_percentiles(percentiles: Any) -> tuple[float, ...]:
@@ -39,17 +39,6 @@ def check_percentiles(percentiles: Any) -> tuple[float, ...]:
             f"`percentiles` must be strictly increasing (sorted, no repeats), got {list(values)}."
         )
     return values
-
-
-def check_every(every: Any) -> str | int:
-    if isinstance(every, str) and every in ("epoch", "batch"):
-        return 1 if every == "batch" else every
-    if isinstance(every, str | bool) or not isinstance(every, numbers.Integral) or every < 1:
-        error = TypeError if not isinstance(every, str | numbers.Integral) else ValueError
-        raise error(
-            f'`every` must be "epoch", "batch" or a positive integer (batches), got {every!r}.'
-        )
-    return int(every)
 
 
 def check_layers(layers: Any) -> tuple[str, ...] | None:

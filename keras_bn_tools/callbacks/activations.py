@@ -23,9 +23,8 @@ from typing import Any
 import keras
 import numpy as np
 
-from keras_bn_tools._validation import check_writable_directory
+from keras_bn_tools._validation import check_every, check_writable_directory
 from keras_bn_tools.callbacks._activation_args import (
-    check_every,
     check_layers,
     check_percentiles,
     check_probe,

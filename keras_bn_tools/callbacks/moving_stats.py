@@ -6,7 +6,6 @@ the TensorBoard summaries in `keras_bn_tools.callbacks.stats_tensorboard`.
 
 from __future__ import annotations
 
-import numbers
 import os
 import warnings
 from collections.abc import Callable, Iterable, Sequence
@@ -15,7 +14,11 @@ from typing import Any
 import keras
 import numpy as np
 
-from keras_bn_tools._validation import check_layer_names, check_writable_directory
+from keras_bn_tools._validation import (
+    check_every,
+    check_layer_names,
+    check_writable_directory,
+)
 from keras_bn_tools.callbacks.stats_log import (
     HEADER_FILE,
     INDEX_FIELDS,
@@ -45,17 +48,6 @@ __all__ = [
 ]
 
 ALLOWED_STATS = BN_STATISTICS
-
-
-def _parse_every(every: Any) -> str | int:
-    if isinstance(every, str) and every == "epoch":
-        return every
-    if isinstance(every, (str, bool)) or not isinstance(every, numbers.Integral):
-        error = ValueError if isinstance(every, str) else TypeError
-        raise error(f'`every` must be "epoch" or a positive integer (batches), got {every!r}.')
-    if every < 1:
-        raise ValueError(f'`every` must be "epoch" or a positive integer (batches), got {every!r}.')
-    return int(every)
 
 
 def _parse_stats(stats: Any) -> tuple[str, ...]:
@@ -134,7 +126,7 @@ class MovingStatsTracker(keras.callbacks.Callback):
     step number, showing anything done to the model between the two calls).
 
     Args:
-        every: `"epoch"` or a positive int (record every N batches).
+        every: `"epoch"`, `"batch"` or a positive int (record every N batches).
         layers: BN layer names to track (default: all BN layers, nested
             models included). A name that is not a BN layer of the model
             raises `ValueError` when training starts. Two BN layers with the
@@ -174,7 +166,7 @@ class MovingStatsTracker(keras.callbacks.Callback):
         tensorboard: bool | None = None,
     ):
         super().__init__()
-        self.every = _parse_every(every)
+        self.every = check_every(every)
         self.layer_names = check_layer_names(layers, none_means="all BN layers")
         self.stats = _parse_stats(stats)
         # Checked now (an existing file, a path under a file, a read-only

@@ -193,6 +193,7 @@ def test_nonfinite_percentiles_are_flagged_and_warned():
         ({"every": "step"}, ValueError, "every"),
         ({"every": 0}, ValueError, "every"),
         ({"every": 1.5}, TypeError, "every"),
+        ({"every": True}, TypeError, "every"),
         ({"layers": [3]}, TypeError, "layers"),
         ({"layers": []}, ValueError, "layers"),
         ({"training": "yes"}, TypeError, "training"),

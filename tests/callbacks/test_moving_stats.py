@@ -85,7 +85,7 @@ _SHARED: dict[str, keras.Model] = {}
 
 @pytest.mark.backend_agnostic
 @given(
-    every=st.integers(1, 9),
+    every=st.one_of(st.just("batch"), st.integers(1, 9)),  # "batch" is every=1
     epochs=st.integers(1, 2),
     batch_size=st.sampled_from([16, 32]),
 )
@@ -94,14 +94,15 @@ def test_every_n_batches_matches_hand_read_values(every, epochs, batch_size):
     if "model" not in _SHARED:
         _SHARED["model"] = _two_bn_functional()
     model = _SHARED["model"]
-    x = np.random.default_rng(every).normal(size=(64, 3)).astype("float32")
+    period = 1 if every == "batch" else every
+    x = np.random.default_rng(period).normal(size=(64, 3)).astype("float32")
     y = x.sum(axis=1, keepdims=True)
     tracker = MovingStatsTracker(every=every)
     reader = HandReader()
     model.fit(x, y, epochs=epochs, batch_size=batch_size, verbose=0, callbacks=[tracker, reader])
 
     steps_per_epoch = 64 // batch_size
-    expected = [(step, values) for step, values in reader.records if step % every == 0]
+    expected = [(step, values) for step, values in reader.records if step % period == 0]
     np.testing.assert_array_equal(tracker.steps, [step for step, _ in expected])
     # A per-batch record is taken before its epoch completes (on_epoch_end).
     np.testing.assert_array_equal(
@@ -177,7 +178,7 @@ def test_a_model_without_bn_is_an_error():
         ({"every": -3}, ValueError, "positive integer"),
         ({"every": 1.5}, TypeError, "positive integer"),
         ({"every": True}, TypeError, "positive integer"),
-        ({"every": "batch"}, ValueError, '"epoch" or a positive integer'),
+        ({"every": "step"}, ValueError, '"epoch", "batch" or a positive integer'),
         ({"stats": ("moving_mean", "mean")}, ValueError, r"\['mean'\].*allowed stats"),
         ({"stats": ()}, ValueError, "at least one"),
         ({"layers": []}, ValueError, "at least one"),
