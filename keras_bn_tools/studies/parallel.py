@@ -256,7 +256,7 @@ def worker_threads(n_jobs: int, units: int) -> int:
 
     setting = os.environ.get(THREADS_ENV, "").strip()
     if setting:
-        if not setting.isdigit() or int(setting) < 1:  # isdigit: no sign, no decimal point
+        if not setting.isdecimal() or int(setting) < 1:  # no sign, point or superscript
             raise ValueError(
                 f"${THREADS_ENV}={setting!r}: the threads each worker may use must be a whole "
                 "number >= 1; unset it to share this machine's cores among the workers."

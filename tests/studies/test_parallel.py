@@ -63,7 +63,7 @@ def test_worker_threads_share_the_cores_unless_the_environment_sets_them(monkeyp
     assert parallel.worker_threads(2, units=5) == 3
 
 
-@pytest.mark.parametrize("setting", ["abc", "0", "-2", "1.5", "2 threads"])
+@pytest.mark.parametrize("setting", ["abc", "0", "-2", "1.5", "2 threads", "\u00b2"])
 def test_a_bad_worker_threads_setting_is_refused_naming_it(monkeypatch, setting):
     monkeypatch.setenv(parallel.THREADS_ENV, setting)
     with pytest.raises(ValueError, match=rf"\$KERAS_BN_TOOLS_WORKER_THREADS={setting!r}: .*>= 1"):
